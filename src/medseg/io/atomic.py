@@ -1,0 +1,84 @@
+"""Atomic output: write beside the destination, then rename over it, and never touch the input."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from medseg.errors import InputError
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_source_overwrite(dest: Path, sources: Iterable[Path]) -> None:
+    """Raise when ``dest`` is one of the files an array was read from.
+
+    Raises:
+        InputError: ``dest`` is (or is a link to) a source file.
+    """
+    for src in sources:
+        if _same_file(dest, Path(src)):
+            raise InputError(
+                "refusing to overwrite the input file this image was read from",
+                dest,
+                "write to another path (medseg never modifies its inputs)",
+            )
+
+
+@contextmanager
+def atomic_path(dest: Path, suffix: str) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
+
+    The temporary name ends with ``suffix`` so libraries that pick the format from the file name
+    (nibabel, Pillow, pynrrd) write the right one. Parent folders are created. If the body raises,
+    the temporary file is removed and ``dest`` is left as it was.
+
+    Args:
+        dest: Final path.
+        suffix: Ending for the temporary file, e.g. ``".nii.gz"``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; on success rename it to ``dest``.
+
+    ``dest`` must not exist or be an empty folder. On failure the temporary folder is removed.
+
+    Raises:
+        InputError: ``dest`` exists and is not an empty folder.
+    """
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(
+            "output folder already exists and is not empty",
+            dest,
+            "choose a new folder (mixing series in one folder makes them ambiguous)",
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -1,0 +1,250 @@
+"""Summaries of per-case results, ``metrics.json`` / ``metrics.csv`` and a terminal table (E5).
+
+Statistics are NaN-aware: a NaN (a value the empty-case policy leaves undefined) is skipped and
+counted in ``n_nan``; ``std`` is the sample standard deviation (``ddof=1``, NaN with fewer than
+two values). Files are written atomically (temporary file in the same folder + ``os.replace``).
+In ``metrics.json`` NaN is written as ``null`` (strict JSON); :func:`read_metrics` turns it back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.metrics.policy import EmptyPolicy
+from medseg.metrics.segmentation import CLASS_RESULT_KEYS
+
+#: Metrics summarised by default.
+SUMMARY_METRICS = ("dice", "iou", "hd95", "assd")
+STAT_KEYS = ("mean", "median", "std", "min", "max", "n", "n_nan")
+_UNITS = {"hd95": "mm", "assd": "mm"}
+_FLOAT_KEYS = frozenset(
+    {"dice", "iou", "hd95", "assd", "volume_pred", "volume_ref",
+     "mean", "median", "std", "min", "max"}
+)
+
+
+def describe_values(values: Sequence[float]) -> dict[str, float | int]:
+    """NaN-aware statistics of a list of numbers.
+
+    Args:
+        values: Numbers, NaN allowed.
+
+    Returns:
+        ``{"mean", "median", "std", "min", "max", "n", "n_nan"}``; ``n`` counts non-NaN values,
+        statistics of no value are NaN.
+    """
+    a = np.asarray(values, dtype=np.float64).ravel()
+    nan = np.isnan(a)
+    v = a[~nan]
+    if v.size == 0:
+        mean = median = lo = hi = math.nan
+    else:
+        mean, median = float(v.mean()), float(np.median(v))
+        lo, hi = float(v.min()), float(v.max())
+    std = float(v.std(ddof=1)) if v.size >= 2 else math.nan
+    return {"mean": mean, "median": median, "std": std, "min": lo, "max": hi,
+            "n": int(v.size), "n_nan": int(nan.sum())}
+
+
+def _policy_of(case_results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    seen = {json.dumps(c.get("policy"), sort_keys=True) for c in case_results}
+    if len(seen) > 1:
+        raise ValueError(
+            "case results were computed with different empty-case policies; evaluate all "
+            "cases with the same EmptyPolicy"
+        )
+    return json.loads(seen.pop()) if seen else None
+
+
+def summarize(
+    case_results: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SUMMARY_METRICS
+) -> dict[str, Any]:
+    """Per-class and pooled statistics of per-case results.
+
+    Args:
+        case_results: Outputs of :func:`medseg.metrics.evaluate_case`.
+        metrics: Metric keys to summarise.
+
+    Returns:
+        ``{"n_cases", "policy", "metrics", "classes": {class_id: {metric: stats}},
+        "pooled": {metric: stats}}`` with ``stats`` as in :func:`describe_values`; ``pooled``
+        runs over every (case, class) pair.
+    """
+    per_class: dict[int, dict[str, list[float]]] = {}
+    pooled: dict[str, list[float]] = {k: [] for k in metrics}
+    for case in case_results:
+        for cid, res in case["classes"].items():
+            bucket = per_class.setdefault(int(cid), {k: [] for k in metrics})
+            for k in metrics:
+                bucket[k].append(float(res[k]))
+                pooled[k].append(float(res[k]))
+    return {
+        "n_cases": len(case_results),
+        "policy": _policy_of(case_results),
+        "metrics": list(metrics),
+        "classes": {
+            cid: {k: describe_values(vals) for k, vals in per_class[cid].items()}
+            for cid in sorted(per_class)
+        },
+        "pooled": {k: describe_values(vals) for k, vals in pooled.items()},
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    return obj
+
+
+def _restore(obj: Any, key: str | None = None) -> Any:
+    if isinstance(obj, dict):
+        int_keys = key == "classes"
+        return {(int(k) if int_keys else k): _restore(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore(v, key) for v in obj]
+    if obj is None and key in _FLOAT_KEYS:
+        return math.nan
+    return obj
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt_csv(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else repr(float(v))
+    return str(v)
+
+
+def metrics_csv_text(case_results: Sequence[Mapping[str, Any]]) -> str:
+    """``metrics.csv`` content: one row per (case, class) with every per-class result key.
+
+    The ``case`` column holds the case id, or the case's index when it has none.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "class", *CLASS_RESULT_KEYS])
+    for i, case in enumerate(case_results):
+        name = case.get("case")
+        name = str(i) if name is None else str(name)
+        for cid, res in case["classes"].items():
+            w.writerow([name, str(cid), *(_fmt_csv(res[k]) for k in CLASS_RESULT_KEYS)])
+    return buf.getvalue()
+
+
+def write_metrics(
+    out_dir: str | Path,
+    case_results: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    policy: EmptyPolicy | Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (created if missing).
+
+    Args:
+        out_dir: Output folder.
+        case_results: Outputs of :func:`medseg.metrics.evaluate_case`.
+        summary: Output of :func:`summarize`.
+        policy: The empty-case policy; default: the one recorded in ``summary``.
+
+    Returns:
+        Paths of ``metrics.json`` and ``metrics.csv``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if policy is None:
+        policy = summary.get("policy")
+    pol = policy.to_dict() if isinstance(policy, EmptyPolicy) else policy
+    doc = {"policy": pol, "cases": list(case_results), "summary": summary}
+    json_path, csv_path = out / "metrics.json", out / "metrics.csv"
+    text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
+    _atomic_write_text(json_path, text + "\n")
+    _atomic_write_text(csv_path, metrics_csv_text(case_results))
+    return json_path, csv_path
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """Load ``metrics.json`` back: class ids become ints again and ``null`` metrics NaN.
+
+    Args:
+        path: The ``metrics.json`` file, or the folder holding it.
+
+    Returns:
+        ``{"policy", "cases", "summary"}`` as written by :func:`write_metrics`.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.json"
+    with open(p, encoding="utf-8") as f:
+        return _restore(json.load(f))
+
+
+def _fmt(v: float | int) -> str:
+    if isinstance(v, int):
+        return str(v)
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+
+
+def format_summary_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text table of a :func:`summarize` result, with the empty-case policy on top.
+
+    Args:
+        summary: Output of :func:`summarize` (or its JSON round trip).
+
+    Returns:
+        Multi-line string, one row per (class, metric) and the pooled rows last.
+    """
+    lines = []
+    pol = summary.get("policy")
+    if pol:
+        lines.append(EmptyPolicy.from_dict(pol).describe())
+    lines.append(f"cases: {summary.get('n_cases', 0)}")
+    header = ["class", "metric", *STAT_KEYS]
+    rows: list[list[str]] = []
+    groups = [(str(cid), stats) for cid, stats in summary.get("classes", {}).items()]
+    groups.append(("all", summary.get("pooled", {})))
+    for name, stats in groups:
+        for metric, st in stats.items():
+            unit = _UNITS.get(metric)
+            label = f"{metric} [{unit}]" if unit else metric
+            rows.append([name, label, *(_fmt(st[k]) for k in STAT_KEYS)])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt_row(r: list[str]) -> str:
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    lines.append(fmt_row(header))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(fmt_row(r) for r in rows)
+    return "\n".join(lines)
