@@ -82,3 +82,22 @@ def atomic_folder(dest: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file beside it, fsync, then rename.
+
+    A crash or Ctrl-C mid-write leaves any previous file at ``path`` intact.
+    """
+    dest = Path(path)
+    with atomic_path(dest, ".tmp") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return dest
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.io.atomic import atomic_write_text
 from medseg.metrics.policy import EmptyPolicy
 from medseg.metrics.segmentation import CLASS_RESULT_KEYS
 
@@ -125,20 +124,6 @@ def _restore(obj: Any, key: str | None = None) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fmt_csv(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
@@ -188,8 +173,8 @@ def write_metrics(
     doc = {"policy": pol, "cases": list(case_results), "summary": summary}
     json_path, csv_path = out / "metrics.json", out / "metrics.csv"
     text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
-    _atomic_write_text(json_path, text + "\n")
-    _atomic_write_text(csv_path, metrics_csv_text(case_results))
+    atomic_write_text(json_path, text + "\n")
+    atomic_write_text(csv_path, metrics_csv_text(case_results))
     return json_path, csv_path
 
 

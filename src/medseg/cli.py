@@ -1,0 +1,145 @@
+"""The ``medseg`` command line: one entry point, one subcommand per job (E3).
+
+    medseg demo                      # phantoms -> train -> predict -> evaluate -> report
+    medseg train --dataset DIR ...   # MSD/nnU-Net folder, or --masks for image+mask folders
+    medseg predict --model DIR --input PATH --output DIR
+    medseg evaluate --pred DIR --ref DIR --output DIR
+    medseg phantoms --out DIR        # the embedded default dataset, written as an MSD folder
+    medseg convert-outlines --input DIR --output DIR   # outline annotations -> filled masks
+    medseg models                    # the model registry
+
+Every error about the user's input is printed as one line naming the file and what to do;
+the exit status is 2 for bad input, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from medseg.errors import MedsegError
+
+
+def _add_train_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (sections: data, preprocess, model, loss, "
+                                    "optim, augment, train, inference)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.epochs=20 "
+                        "--set model.options.channels=[16,32,64,128] (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="medseg",
+        description="Medical image segmentation: train, predict and evaluate on NIfTI, DICOM, "
+                    "NRRD and PNG/TIFF data.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on generated phantoms",
+                       description="Generate phantoms, train a U-Net, predict the held-out "
+                                   "phantoms with sliding windows, evaluate, write a report.")
+    d.add_argument("--out", default="medseg_demo_output",
+                   help="output folder (default: %(default)s)")
+    d.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D phantoms")
+    d.add_argument("--modality", choices=("mr", "ct", "us"), default="mr")
+    d.add_argument("--size", type=int, default=None,
+                   help="phantom edge length in voxels (default 128 in 2D, 48 in 3D)")
+    d.add_argument("--n-train", type=int, default=None, help="training phantoms")
+    d.add_argument("--n-test", type=int, default=None, help="held-out phantoms")
+    d.add_argument("--lesion-fraction", type=float, default=0.02,
+                   help="lesion share of the image (T6 imbalance), default %(default)s")
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--force", action="store_true",
+                   help="replace an existing demo output folder (only one written by the demo)")
+
+    t = sub.add_parser("train", help="train a segmentation model",
+                       description="Train on an MSD / nnU-Net folder (dataset.json, imagesTr, "
+                                   "labelsTr) or on a folder of 2D images plus --masks.")
+    t.add_argument("--dataset", help="dataset folder (dataset.json) or folder of images")
+    t.add_argument("--masks", help="folder of masks matched to --dataset images by name")
+    t.add_argument("--mask-suffix", default=None, help="mask name suffix, e.g. _Annotation")
+    t.add_argument("--modality", default=None, help="override modality (CT, MR, US, XR, PNG)")
+    t.add_argument("--output", help="model folder to write (refuses to overwrite a model)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--patch-size", type=int, nargs="+")
+    t.add_argument("--max-minutes", type=float, help="fit the schedule into this wall time")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto, cpu, cuda")
+    t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    _add_train_overrides(t)
+
+    p = sub.add_parser("predict", help="predict label maps with a trained model folder",
+                       description="Predict with sliding windows. Input: a file (NIfTI, NRRD, "
+                                   "PNG/TIFF), a DICOM series folder, or a folder of images. "
+                                   "Outputs keep the input's geometry.")
+    p.add_argument("--model", required=True, help="model folder written by medseg train")
+    p.add_argument("--input", required=True, help="image file, DICOM folder or folder of images")
+    p.add_argument("--output", required=True, help="folder for the predicted label maps")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--format", choices=("auto", "nii.gz", "nrrd", "png"), default="auto",
+                   help="output format (auto: same as the input; NIfTI for DICOM)")
+    p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write the class probabilities (NIfTI, C channels)")
+    p.add_argument("--device", default="auto")
+
+    e = sub.add_parser("evaluate", help="compare predicted and reference label maps",
+                       description="Per-case, per-class Dice, IoU, HD95 and ASSD (mm). Writes "
+                                   "metrics.json and metrics.csv and prints a summary table.")
+    e.add_argument("--pred", required=True, help="folder (or file) of predicted label maps")
+    e.add_argument("--ref", required=True, help="folder (or file) of reference label maps")
+    e.add_argument("--output", required=True, help="folder for metrics.json / metrics.csv")
+    e.add_argument("--dataset-json", help="dataset.json for label names and the ignore label")
+    e.add_argument("--labels", type=int, nargs="+", help="foreground labels to score")
+    e.add_argument("--ignore-label", type=int, default=None,
+                   help="reference value marking unlabelled voxels (excluded)")
+    e.add_argument("--ref-suffix", default="", help="reference name suffix, e.g. _Annotation")
+    e.add_argument("--images", help="folder of the input images, to add overlays and a report")
+
+    ph = sub.add_parser("phantoms", help="write the embedded phantom dataset (MSD layout)")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    ph.add_argument("--modality", choices=("mr", "ct", "us"), default="mr")
+    ph.add_argument("--size", type=int, default=None)
+    ph.add_argument("--n-train", type=int, default=40)
+    ph.add_argument("--n-test", type=int, default=10)
+    ph.add_argument("--lesion-fraction", type=float, default=0.02)
+    ph.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("convert-outlines",
+                       help="fill outline annotations (e.g. HC18 ellipses) into masks",
+                       description="Turn outline drawings (0/255 curves) into filled {0,1} masks "
+                                   "named like their images; open outlines are closed.")
+    c.add_argument("--input", required=True, help="folder of outline PNGs")
+    c.add_argument("--output", required=True, help="new folder for the filled masks")
+    c.add_argument("--suffix", default="_Annotation",
+                   help="suffix of outline names, removed from the mask names")
+
+    sub.add_parser("models", help="list the registered networks")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medseg`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        from medseg.workflows import commands
+
+        return int(getattr(commands, f"cmd_{args.command.replace('-', '_')}")(args) or 0)
+    except MedsegError as e:
+        print(f"medseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nmedseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Networks, each registered by name (:func:`create_model`, :func:`list_models`).
+
+Importing this package imports every network module so that they register themselves.
+"""
+
+from medseg.networks.registry import (
+    create_model,
+    list_models,
+    model_signature,
+    model_spatial_dims,
+    model_task,
+    register_model,
+)
+from medseg.networks.unet import UNet, unet_feature_channels
+
+__all__ = [
+    "UNet",
+    "create_model",
+    "list_models",
+    "model_signature",
+    "model_spatial_dims",
+    "model_task",
+    "register_model",
+    "unet_feature_channels",
+]

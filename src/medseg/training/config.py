@@ -1,0 +1,316 @@
+"""Configuration as data: every knob is a dataclass field (STYLE habit 8).
+
+A config loads from YAML and/or ``--set section.key=value`` flags, is validated field by field
+(unknown keys are an error that lists the valid ones), and its resolved form is saved beside
+every checkpoint as ``config.yaml`` so a trained model folder is enough to predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medseg.errors import ConfigError
+from medseg.io.atomic import atomic_write_text
+from medseg.transforms.augment import AugmentConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the training data is and how it is split.
+
+    Attributes:
+        dataset: An MSD / nnU-Net folder (with ``dataset.json``) or a folder of 2D images.
+        masks: With a folder of images: the folder of masks matched by name.
+        mask_suffix: Suffix of mask names before the extension (e.g. ``"_Annotation"``).
+        modality: Overrides the dataset's modality (``CT``, ``MR``, ``US``, ``XR``, ``PNG``).
+        spatial_dims: 2 or 3; ``None`` infers it from the data.
+        val_fraction: Fraction of training cases held out for validation.
+        group_regex: Regex whose first group is the subject id; cases of one subject stay in
+            one split (e.g. ``"^(\\d+)_"`` for HC18).
+        split_seed: Seed of the train/validation split.
+        val_max_cases: Cap on the validation cases scored at each validation (``0`` = all);
+            the others stay held out of training.
+    """
+
+    dataset: str = ""
+    masks: str | None = None
+    mask_suffix: str = ""
+    modality: str | None = None
+    spatial_dims: int | None = None
+    val_fraction: float = 0.2
+    group_regex: str | None = None
+    split_seed: int = 0
+    val_max_cases: int = 0
+
+
+@dataclass
+class PreprocessConfig:
+    """Resampling and intensity normalisation (see :mod:`medseg.data.preprocess`).
+
+    Attributes:
+        target_spacing: ``"auto"`` (dataset median when spacings vary), ``None`` (keep), or a
+            list of mm per axis.
+        normalization: ``"auto"`` (by modality) or one scheme for every channel (``ct``,
+            ``zscore``, ``minmax_zscore``, ``none``).
+    """
+
+    target_spacing: str | list[float] | None = "auto"
+    normalization: str = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """Which registered network and its constructor options (``medseg.networks``)."""
+
+    name: str = "unet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Dice + CE (L6) with the observation mask (T5).
+
+    Attributes:
+        dice_weight: Weight of the soft Dice term (L5).
+        ce_weight: Weight of the cross-entropy term (L1).
+        eps: Dice smoothing.
+        batch_dice: Pool Dice sums over the batch.
+        include_background: Include class 0 in the Dice average.
+    """
+
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    eps: float = 1.0
+    batch_dice: bool = False
+    include_background: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    Attributes:
+        name: ``"sgd"`` (Nesterov, nnU-Net default) or ``"adamw"``.
+        lr: Initial learning rate.
+        weight_decay: L2 / decoupled weight decay.
+        momentum: SGD momentum.
+        schedule: ``"poly"`` (``lr * (1 - t)^0.9``), ``"cosine"`` or ``"constant"``.
+        warmup_epochs: Linear warm-up epochs.
+        grad_clip: Max gradient norm (``0`` disables).
+    """
+
+    name: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    schedule: str = "poly"
+    warmup_epochs: int = 0
+    grad_clip: float = 12.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        epochs: Number of epochs.
+        steps_per_epoch: Optimiser steps per epoch.
+        batch_size: Patches per step (per process under DDP).
+        patch_size: Patch size per spatial axis; ``None`` picks one from the data.
+        fg_oversample: Fraction of each batch centred on foreground (T6).
+        val_every: Validate every N epochs (``0`` = never; the last epoch always validates).
+        max_minutes: Wall-clock budget; the number of epochs is reduced after the first epoch so
+            the schedule ends within it (``0`` = no budget).
+        seed: Seed of everything random (``--seed``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        amp: Mixed precision on CUDA.
+        num_threads: Torch intra-op threads (``0`` = torch default).
+        prefetch: Prepare the next batch in a background thread.
+        deterministic: Ask torch for deterministic algorithms.
+    """
+
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    batch_size: int = 8
+    patch_size: list[int] | None = None
+    fg_oversample: float = 0.33
+    val_every: int = 1
+    max_minutes: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+    prefetch: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding-window prediction (E4).
+
+    Attributes:
+        overlap: Fraction of overlap between windows.
+        sw_batch_size: Windows per forward pass.
+        tta: Average over flips.
+        sigma_scale: Gaussian importance sigma as a fraction of the window.
+    """
+
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    tta: bool = False
+    sigma_scale: float = 0.125
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything needed to train and to reproduce a model."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    output_dir: str = "runs/model"
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML-safe: tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        """Build from a nested dict, rejecting unknown keys and ill-typed values."""
+        return _build(cls, d, source)
+
+    def save(self, path: str | Path) -> None:
+        """Write YAML atomically."""
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        """Read a YAML file (missing keys take defaults)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config file not found", p, "check the path given to --config")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML ({e})", p) from None
+        if not isinstance(d, dict):
+            raise ConfigError("the YAML top level must be a mapping of sections", p)
+        return cls.from_dict(d, source=str(p))
+
+    def override(self, assignments: list[str]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (values parsed as YAML)."""
+        d = self.to_dict()
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"override {a!r} must look like section.key=value")
+            key, val = a.split("=", 1)
+            parts = key.strip().split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node, dict) or p not in node:
+                    raise ConfigError(f"unknown config section {key!r}")
+                node = node[p]
+                if node is None:
+                    raise ConfigError(f"cannot set {key!r}: its parent is empty")
+            if not isinstance(node, dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            leaf = parts[-1]
+            is_free_dict = parts[-2:-1] == ["options"] if len(parts) > 1 else False
+            if leaf not in node and not is_free_dict:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys here: {', '.join(sorted(node))}"
+                )
+            node[leaf] = yaml.safe_load(val)
+        return ExperimentConfig.from_dict(d, source="--set")
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    return o
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) == 1:
+            return args[0], optional
+        return typing.Union[tuple(args)], optional  # noqa: UP007
+    return tp, False
+
+
+def _check_value(tp: Any, value: Any, where: str) -> Any:
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} may not be empty")
+    origin = typing.get_origin(base)
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(base):
+            try:
+                return _check_value(a, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {base}")
+    if base is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(base) or (Any,)
+        return [_check_value(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(base):
+        return _build(base, value, where)
+    return value
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} in {cls.__name__}; valid: {sorted(names)}"
+        )
+    kwargs = {k: _check_value(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)

@@ -1,0 +1,151 @@
+"""The training loop: checkpoints, exact resume, reproducibility, Ctrl-C, refusal to overwrite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.errors import InputError
+from medseg.physics import write_phantom_dataset
+from medseg.training import checkpoint as ckpt_mod
+from medseg.training import loop as loop_mod
+from medseg.training.config import ExperimentConfig
+from medseg.training.loop import train
+from medseg.training.prepare import auto_patch_size, split_cases
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root / "ds", n_train=6, n_test=2, spatial_dims=2, shape=(32, 32),
+                          modality="mr", lesion_fraction=0.03, seed=1)
+    return root / "ds"
+
+
+def tiny_cfg(dataset, out, epochs=2, seed=0) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    cfg.data.dataset = str(dataset)
+    cfg.data.val_fraction = 0.34
+    cfg.output_dir = str(out)
+    cfg.model.options = {"channels": [8, 16, 32], "dropout": 0.1}
+    cfg.train.epochs = epochs
+    cfg.train.steps_per_epoch = 3
+    cfg.train.batch_size = 4
+    cfg.train.patch_size = [32, 32]
+    cfg.train.seed = seed
+    cfg.train.device = "cpu"
+    cfg.train.val_every = 1
+    return cfg
+
+
+def _weights(folder, name=ckpt_mod.LAST_NAME):
+    return torch.load(folder / name, weights_only=True)["model"]
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_writes_model_folder(tiny_dataset, tmp_path):
+    res = train(tiny_cfg(tiny_dataset, tmp_path / "m"), log=lambda s: None)
+    out = tmp_path / "m"
+    for name in ("config.yaml", "plan.json", "checkpoint_last.pt", "checkpoint_best.pt",
+                 "train_log.csv"):
+        assert (out / name).is_file(), name
+    assert res.epochs_done == 2 and len(res.history) == 2
+    assert 0.0 <= res.best_dice <= 1.0
+    ck = torch.load(out / "checkpoint_last.pt", weights_only=True)  # safe unpickler
+    assert ck["epoch"] == 1 and ck["num_classes"] == 3
+    assert ExperimentConfig.load(out / "config.yaml").train.epochs == 2
+    # no temp files left behind
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_seed_reproducible_and_resume_exact(tiny_dataset, tmp_path):
+    full = tmp_path / "full"
+    train(tiny_cfg(tiny_dataset, full, epochs=3), log=lambda s: None)
+    again = tmp_path / "again"
+    train(tiny_cfg(tiny_dataset, again, epochs=3), log=lambda s: None)
+    assert _same(_weights(full), _weights(again)), "same seed must give the same weights"
+
+    # interrupted after epoch 2 (simulate by training a 3-epoch run whose 3rd epoch is cut)
+    part = tmp_path / "part"
+    cfg = tiny_cfg(tiny_dataset, part, epochs=3)
+    calls = {"n": 0}
+    real = loop_mod.make_epoch_loader
+
+    def flaky(data, cfg_, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(data, cfg_, epoch, **kw)
+
+    loop_mod.make_epoch_loader = flaky
+    try:
+        res = train(cfg, log=lambda s: None)
+    finally:
+        loop_mod.make_epoch_loader = real
+    assert res.interrupted and res.epochs_done == 2
+    assert torch.load(part / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+    res2 = train(tiny_cfg(tiny_dataset, part, epochs=3), resume=True, log=lambda s: None)
+    assert res2.epochs_done == 3 and not res2.interrupted
+    assert _same(_weights(full), _weights(part)), "resume must replay the run exactly"
+    other = tmp_path / "other"
+    train(tiny_cfg(tiny_dataset, other, epochs=3, seed=1), log=lambda s: None)
+    assert not _same(_weights(full), _weights(other)), "another seed gives other weights"
+
+
+def test_refuses_to_overwrite_and_resume_needs_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "m"
+    train(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda s: None)
+    before = (out / "checkpoint_last.pt").read_bytes()
+    with pytest.raises(InputError, match="already holds a trained model"):
+        train(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda s: None)
+    assert (out / "checkpoint_last.pt").read_bytes() == before
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(tiny_cfg(tiny_dataset, tmp_path / "empty", epochs=1), resume=True,
+              log=lambda s: None)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    ckpt_mod.atomic_torch_save({"model": {"w": torch.ones(2)}}, path)
+    good = path.read_bytes()
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_mod.atomic_torch_save({"model": {}}, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "checkpoint_best.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="checkpoint_best.pt.*cannot read checkpoint"):
+        ckpt_mod.load_checkpoint(p)
+
+
+def test_split_keeps_subjects_together():
+    ids = [f"{s:03d}_{k}HC" for s in range(10) for k in ("", "2", "3")]
+    tr, va = split_cases(ids, 0.2, seed=0, group_regex=r"^(\d+)_")
+    assert set(tr).isdisjoint(va) and sorted(tr + va) == sorted(ids)
+    assert {i[:3] for i in tr}.isdisjoint({i[:3] for i in va})
+    assert len(va) == 6  # two whole subjects of three images = 20% of 30
+    assert split_cases(ids, 0.0, 0) == (ids, [])
+
+
+def test_auto_patch_size():
+    assert auto_patch_size((128, 128), 16, 256 * 256) == (128, 128)
+    p2 = auto_patch_size((540, 800), 16, 256 * 256)
+    assert p2 == (208, 304)  # aspect 0.68 kept (540/800 = 0.675), 63232 <= 65536 voxels
+    p = auto_patch_size((200, 200, 30), (16, 16, 4), 64**3)
+    assert all(v % d == 0 for v, d in zip(p, (16, 16, 4), strict=True))
+    assert p[0] * p[1] * p[2] <= 64**3
+    # every axis keeps about the same share of the image (aspect kept within one step)
+    shares = [v / s for v, s in zip(p, (200, 200, 30), strict=True)]
+    assert max(shares) - min(shares) < 0.15, p
