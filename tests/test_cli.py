@@ -178,6 +178,18 @@ def test_missing_empty_corrupt_and_dims(tmp_path, capsys):
     assert "c0_0000.nii.gz" in err and "3D" in err
 
 
+def test_bad_model_options_fail_before_training(trained, tmp_path, capsys):
+    ds, _ = trained
+    for opt, frag in (("model.options.chanels=[8,16]", "chanels"),
+                      ("model.options.strides=[2,2,2,2,2,2]", "strides"),
+                      ("model.name=nonet", "nonet")):
+        assert main(["train", "--dataset", str(ds), "--output", str(tmp_path / "m"),
+                     "--set", opt]) == 2
+        err = _err(capsys)
+        assert frag in err and "model" in err and "Traceback" not in err
+        assert not (tmp_path / "m").exists()
+
+
 def test_predict_bad_inputs(trained, tmp_path, capsys):
     _, model = trained
     assert main(["predict", "--model", str(tmp_path), "--input", str(tmp_path),
@@ -202,3 +214,38 @@ def test_predict_bad_inputs(trained, tmp_path, capsys):
                  str(tmp_path / "o"), "--device", "cpu"]) == 2
     assert "segments 2D images but the input is 3D" in _err(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_3d_and_multichannel_msd(tmp_path):
+    """A 3D nnU-Net folder with two channels per case (``case_0000``, ``case_0001``)."""
+    from medseg.physics import make_phantom
+
+    root = tmp_path / "mc"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "imagesTs").mkdir()
+    aff = np.diag([1.5, 1.5, 3.0, 1.0])
+    for i in range(5):
+        x, y, _ = make_phantom(3, (24, 24, 12), "mr", lesion_fraction=0.02, seed=i)
+        second = np.sqrt(np.abs(x)).astype(np.float32)  # a second "contrast"
+        d = root / ("imagesTs" if i == 4 else "imagesTr")
+        nib.save(nib.Nifti1Image(x.astype(np.float32), aff), d / f"c{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(second, aff), d / f"c{i}_0001.nii.gz")
+        if i < 4:
+            nib.save(nib.Nifti1Image(y.astype(np.uint8), aff), root / "labelsTr" / f"c{i}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "organ": 1,
+                                                            "lesion": 2},
+        "numTraining": 4, "file_ending": ".nii.gz"}))
+    model = tmp_path / "m3"
+    assert main(["train", "--dataset", str(root), "--output", str(model), "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "16", "16", "8",
+                 "--device", "cpu", "--set", "model.options.channels=[8,16,32]",
+                 "--set", "model.options.strides=[[2,2,1],[2,2,2]]"]) == 0
+    plan = json.loads((model / "plan.json").read_text())
+    assert plan["in_channels"] == 2 and plan["spatial_dims"] == 3
+    out = tmp_path / "p3"
+    assert main(["predict", "--model", str(model), "--input", str(root), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    pred = nib.load(out / "c4.nii.gz")  # the two channel files became one case
+    assert pred.shape == (24, 24, 12) and np.allclose(pred.affine, aff)

@@ -637,3 +637,19 @@ def test_read_image_roundtrip_sanity(tmp_path):
     lab, _ = read_label(root / "labelsTr" / "case_000.nii.gz")
     assert img.dtype == np.float32 and img.shape == (1, 8, 9, 6) and lab.dtype == np.int64
     assert meta.spacing == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_make_plan_accepts_one_scheme_for_all_channels(tmp_path):
+    from medseg.data import make_plan, open_dataset, validate_dataset
+    from medseg.errors import ConfigError
+    from medseg.physics import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "p", n_train=2, n_test=0, spatial_dims=2,
+                                 shape=(24, 24), modality="ct", seed=0)
+    ds = open_dataset(root)
+    summary = validate_dataset(ds, 2)
+    assert [n.scheme for n in make_plan(summary, ds).normalization] == ["ct"]
+    plan = make_plan(summary, ds, normalization="minmax_zscore")
+    assert [n.scheme for n in plan.normalization] == ["minmax_zscore"]
+    with pytest.raises(ConfigError, match="normalization"):
+        make_plan(summary, ds, normalization="bogus")

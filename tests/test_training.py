@@ -149,3 +149,19 @@ def test_auto_patch_size():
     # every axis keeps about the same share of the image (aspect kept within one step)
     shares = [v / s for v, s in zip(p, (200, 200, 30), strict=True)]
     assert max(shares) - min(shares) < 0.15, p
+
+
+def test_time_budget_refits_epochs():
+    cfg = ExperimentConfig()
+    cfg.train.epochs = 100
+    cfg.train.max_minutes = 10.0  # 600 s
+    msgs = []
+    # 20 s per epoch after the first epoch: 30 epochs fit
+    assert loop_mod._fit_budget(cfg, 0, 100, 20.0, msgs.append) == 30
+    assert "100 -> 30" in msgs[0]
+    # after 10 epochs the machine slowed to 30 s/epoch on average: 300 s left -> 10 more
+    assert loop_mod._fit_budget(cfg, 9, 30, 300.0, msgs.append) == 20
+    # over budget: stop after the current epoch, never below the epochs done
+    assert loop_mod._fit_budget(cfg, 24, 20, 700.0, msgs.append) == 25
+    # never more than train.epochs
+    assert loop_mod._fit_budget(cfg, 0, 100, 1.0, msgs.append) == 100

@@ -188,10 +188,11 @@ def make_plan(
         target_spacing: ``"auto"`` — the dataset's median spacing if the cases' spacings differ
             by more than ``spacing_rtol`` (relative, any axis), else ``None`` (keep the grids);
             ``None``; or an explicit list (mm per axis).
-        normalization: ``"auto"`` (by modality: CT -> ``"ct"``, MR -> ``"zscore"``,
-            US/XR/PNG -> ``"minmax_zscore"``; nnU-Net channel names ``noNorm`` -> ``"none"``,
-            ``rescale_to_0_1`` -> ``"minmax_zscore"``), or a dict mapping channel index or channel
-            name to a scheme (channels not named use ``"auto"``).
+        normalization: a scheme name for every channel, or ``"auto"`` (by modality: CT ->
+            ``"ct"``, MR -> ``"zscore"``, US/XR/PNG -> ``"minmax_zscore"``; nnU-Net channel
+            names ``noNorm`` -> ``"none"``, ``rescale_to_0_1`` -> ``"minmax_zscore"``), or a dict
+            mapping channel index or channel name to a scheme (channels not named use
+            ``"auto"``).
         spacing_rtol: Tolerance for "spacings vary".
         label_interpolation: How labels are resampled.
 
@@ -239,8 +240,12 @@ def make_plan(
             if not 0 <= idx < len(schemes):
                 raise ConfigError(f"normalization channel index {idx} out of range")
             schemes[idx] = scheme
+    elif normalization in SCHEMES:
+        schemes = [normalization] * len(schemes)
     elif normalization != "auto":
-        raise ConfigError(f"normalization must be 'auto' or a dict, got {normalization!r}")
+        raise ConfigError(
+            f"normalization must be 'auto', one of {SCHEMES} (every channel) or a dict "
+            f"channel -> scheme, got {normalization!r}")
 
     norms: list[ChannelNorm] = []
     for c, scheme in enumerate(schemes):

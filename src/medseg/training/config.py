@@ -126,8 +126,10 @@ class TrainConfig:
         patch_size: Patch size per spatial axis; ``None`` picks one from the data.
         fg_oversample: Fraction of each batch centred on foreground (T6).
         val_every: Validate every N epochs (``0`` = never; the last epoch always validates).
-        max_minutes: Wall-clock budget; the number of epochs is reduced after the first epoch so
-            the schedule ends within it (``0`` = no budget).
+        max_minutes: Wall-clock budget of the training epochs; after every epoch the number of
+            epochs is re-fitted to it (at most ``epochs``) and the learning-rate schedule follows,
+            so it still ends within the budget (``0`` = no budget; a budget makes the run length
+            depend on the machine's speed, so leave it at 0 for bit-exact reproduction).
         seed: Seed of everything random (``--seed``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         amp: Mixed precision on CUDA.

@@ -25,7 +25,6 @@ from medseg.inference import predict_probs
 from medseg.io.atomic import atomic_write_text
 from medseg.losses import DeepSupervisionLoss, DiceCELoss
 from medseg.metrics import dice
-from medseg.networks import create_model
 from medseg.training.checkpoint import (
     BEST_NAME,
     CONFIG_NAME,
@@ -46,6 +45,7 @@ from medseg.training.distributed import (
 from medseg.training.prepare import (
     PreparedData,
     auto_patch_size,
+    build_model,
     make_epoch_loader,
     prepare_data,
 )
@@ -75,14 +75,6 @@ def resolve_device(name: str) -> torch.device:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one epoch's random streams on one rank."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def build_model(cfg: ExperimentConfig, in_channels: int, num_classes: int,
-                spatial_dims: int) -> torch.nn.Module:
-    """Create the configured network (unknown options raise ``TypeError``)."""
-    opts = dict(cfg.model.options)
-    return create_model(cfg.model.name, spatial_dims=spatial_dims, in_channels=in_channels,
-                        num_classes=num_classes, **opts)
 
 
 def lr_at(cfg: ExperimentConfig, progress: float, epoch: int) -> float:
@@ -211,12 +203,11 @@ def train(cfg: ExperimentConfig, resume: bool = False,
     torch.manual_seed(cfg.train.seed)
     say(f"medseg train: preparing data from {cfg.data.dataset}")
     data = prepare_data(cfg, log=say)
+    model = build_model(cfg, data.in_channels, data.num_classes, data.spatial_dims).to(device)
+    data.patch_size = choose_patch_size(cfg, data, model, device)
     say(f"  {len(data.train_images)} training / {len(data.val_images)} validation cases, "
         f"{data.spatial_dims}D, {data.in_channels} channel(s), classes {data.class_names}, "
         f"patch {list(data.patch_size)}")
-
-    model = build_model(cfg, data.in_channels, data.num_classes, data.spatial_dims).to(device)
-    data.patch_size = choose_patch_size(cfg, data, model, device)
     optimizer = build_optimizer(cfg, model)
     loss_fn = DiceCELoss(
         w_dice=cfg.loss.dice_weight, w_ce=cfg.loss.ce_weight, eps=cfg.loss.eps,
@@ -226,7 +217,7 @@ def train(cfg: ExperimentConfig, resume: bool = False,
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    start_epoch, best, history = 0, -1.0, []
+    start_epoch, best, history, train_seconds = 0, -1.0, [], 0.0
     planned_epochs = cfg.train.epochs
     if resume:
         ck = load_checkpoint(last_path, map_location=device)
@@ -238,6 +229,7 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         best = float(ck["best_dice"])
         history = list(ck["history"])
         planned_epochs = int(ck["planned_epochs"])
+        train_seconds = float(ck.get("train_seconds", 0.0))
         say(f"  resumed from {last_path} at epoch {start_epoch}/{planned_epochs}")
 
     if info.is_main:
@@ -319,14 +311,9 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                    "epoch_seconds": time.perf_counter() - t0, **val}
             history.append(row)
 
-            # time budget: after the first epoch of this run, fit the schedule into it
-            if epoch == start_epoch and cfg.train.max_minutes > 0 and not resume:
-                per_epoch = time.perf_counter() - t0
-                fit = max(1, int(cfg.train.max_minutes * 60 // per_epoch))
-                if fit < planned_epochs:
-                    say(f"  time budget {cfg.train.max_minutes:g} min: {planned_epochs} -> {fit} "
-                        f"epochs ({per_epoch:.1f} s each)")
-                    planned_epochs = fit
+            train_seconds += time.perf_counter() - t0
+            if cfg.train.max_minutes > 0:
+                planned_epochs = _fit_budget(cfg, epoch, planned_epochs, train_seconds, say)
 
             vd = val.get("dice_mean", float("nan"))
             is_best = do_val and not math.isnan(vd) and vd > best
@@ -336,6 +323,7 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "epoch": epoch, "planned_epochs": planned_epochs, "best_dice": best,
+                    "train_seconds": train_seconds,
                     "history": history, "num_classes": data.num_classes,
                     "in_channels": data.in_channels, "spatial_dims": data.spatial_dims,
                 }
@@ -361,6 +349,25 @@ def train(cfg: ExperimentConfig, resume: bool = False,
     finally:
         cleanup(info)
     return TrainResult(out, epoch, best, history, interrupted)
+
+
+def _fit_budget(cfg: ExperimentConfig, epoch: int, planned: int, spent: float,
+                say: Callable[[str], None]) -> int:
+    """Epochs that fit ``train.max_minutes`` given the mean epoch time so far.
+
+    Re-estimated after every epoch (so a slower machine, or validation epochs, are accounted
+    for); never more than ``train.epochs`` and never fewer than the epochs already done. The
+    schedule (poly/cosine) follows the new total, so it still ends at its final learning rate.
+    """
+    done = epoch + 1
+    budget = cfg.train.max_minutes * 60.0
+    per_epoch = spent / done
+    fit = done + max(0, int((budget - spent) // per_epoch))
+    new = max(done, min(cfg.train.epochs, fit))
+    if new != planned and (epoch == 0 or abs(new - planned) >= max(2, planned // 20)):
+        say(f"  time budget {cfg.train.max_minutes:g} min: {planned} -> {new} epochs "
+            f"({per_epoch:.1f} s each)")
+    return new
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

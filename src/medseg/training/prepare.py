@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from medseg.data import (
     PreprocessPlan,
@@ -31,6 +32,7 @@ from medseg.data.sampler import PatchBatchLoader, PatchSampler
 from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.io import read_image
+from medseg.networks import create_model
 from medseg.training.config import ExperimentConfig
 from medseg.transforms.augment import Augmenter
 
@@ -191,6 +193,23 @@ def open_configured_dataset(cfg: ExperimentConfig) -> SegDataset:
     return ds
 
 
+def build_model(cfg: ExperimentConfig, in_channels: int, num_classes: int,
+                spatial_dims: int) -> torch.nn.Module:
+    """Create the configured network.
+
+    Raises:
+        ConfigError: unknown model name, unknown option or an invalid option value (the
+            model's own message, with where to fix it).
+    """
+    try:
+        return create_model(cfg.model.name, spatial_dims=spatial_dims, in_channels=in_channels,
+                            num_classes=num_classes, **dict(cfg.model.options))
+    except (KeyError, TypeError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"model {cfg.model.name!r}: {msg}",
+                          hint="fix model.name / model.options in the config") from None
+
+
 def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> PreparedData:
     """Open, validate (every case, before training), plan, preprocess and split.
 
@@ -199,11 +218,13 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> P
     """
     ds = open_configured_dataset(cfg)
     dims = cfg.data.spatial_dims or infer_spatial_dims(ds)
+    # a bad model option is reported now, not after minutes of reading data
+    build_model(cfg, len(ds.channel_names), ds.num_classes, dims)
     summary = validate_dataset(ds, dims, keep_arrays=True, seed=cfg.data.split_seed)
     plan = make_plan(summary, ds, target_spacing=cfg.preprocess.target_spacing,
                      normalization=cfg.preprocess.normalization)
     if plan.target_spacing is not None:
-        log(f"  resampling to {plan.target_spacing} mm (median spacing "
+        log(f"  resampling to spacing {plan.target_spacing} (median spacing "
             f"{[round(s, 3) for s in summary.median_spacing]})")
     train_ids, val_ids = split_cases(summary.case_ids, cfg.data.val_fraction,
                                      cfg.data.split_seed, cfg.data.group_regex)
