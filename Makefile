@@ -33,6 +33,7 @@ lint: env
 bench: env
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]"
 	$(PY) benchmarks/bench_unet.py
+	$(PY) benchmarks/bench_dataloading.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
