@@ -44,7 +44,7 @@ def test_hc18_short_training_beats_chance(hc18_subset, tmp_path):
     cfg.data.val_fraction = 0.15
     cfg.preprocess.target_spacing = [6.0, 6.0]  # 540x800 pixels -> 90x133
     cfg.model.options = {"channels": [8, 16, 32, 64, 96]}
-    cfg.train.epochs = 8
+    cfg.train.epochs = 12
     cfg.train.steps_per_epoch = 8
     cfg.train.batch_size = 8
     cfg.train.patch_size = [96, 128]
