@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="phantom edge length in voxels (default 128 in 2D, 48 in 3D)")
     d.add_argument("--n-train", type=int, default=None, help="training phantoms")
     d.add_argument("--n-test", type=int, default=None, help="held-out phantoms")
-    d.add_argument("--lesion-fraction", type=float, default=0.02,
+    d.add_argument("--lesion-fraction", type=float, default=0.005,
                    help="lesion share of the image (T6 imbalance), default %(default)s")
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--seed", type=int, default=0)

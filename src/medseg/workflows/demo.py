@@ -37,7 +37,7 @@ class DemoSettings:
     size: int | None = None
     n_train: int | None = None
     n_test: int | None = None
-    lesion_fraction: float = 0.02
+    lesion_fraction: float = 0.005
     epochs: int | None = None
     seed: int = 0
     device: str = "auto"
