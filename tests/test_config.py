@@ -41,6 +41,9 @@ def test_partial_yaml_takes_defaults(tmp_path):
         ("- 1\n- 2\n", "mapping"),
         ("train: [\n", "YAML"),
         ("augment:\n  p_flip: 2\n", "p_flip"),       # validated by AugmentConfig
+        ("train:\n  epochs: 0\n", "epochs"),
+        ("train:\n  fg_oversample: 1.5\n", "fg_oversample"),
+        ("inference:\n  overlap: 1.0\n", "overlap"),
     ],
 )
 def test_bad_yaml_names_the_problem(tmp_path, text, fragment):

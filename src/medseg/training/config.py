@@ -152,6 +152,17 @@ class TrainConfig:
     prefetch: bool = True
     deterministic: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.fg_oversample <= 1.0:
+            raise ConfigError(f"train.fg_oversample must lie in [0, 1], got {self.fg_oversample}")
+        if self.max_minutes < 0 or self.val_every < 0:
+            raise ConfigError("train.max_minutes and train.val_every must be >= 0")
+        if self.patch_size is not None and min(self.patch_size, default=1) < 1:
+            raise ConfigError(f"train.patch_size must be positive, got {self.patch_size}")
+
 
 @dataclass
 class InferenceConfig:
@@ -168,6 +179,12 @@ class InferenceConfig:
     sw_batch_size: int = 4
     tta: bool = False
     sigma_scale: float = 0.125
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"inference.overlap must lie in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1 or self.sigma_scale <= 0:
+            raise ConfigError("inference.sw_batch_size must be >= 1 and sigma_scale > 0")
 
 
 @dataclass

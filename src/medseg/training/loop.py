@@ -39,6 +39,7 @@ from medseg.training.config import ExperimentConfig
 from medseg.training.distributed import (
     all_reduce_mean,
     barrier,
+    broadcast_int,
     cleanup,
     init_distributed,
 )
@@ -298,6 +299,12 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                 print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
             train_loss = all_reduce_mean(float(np.mean(losses)), info, device)
             t_train = time.perf_counter() - t0
+            if cfg.train.max_minutes > 0:
+                # refit before deciding whether this is the last (validated) epoch; rank 0's
+                # decision holds for every rank so that all stop together
+                planned_epochs = broadcast_int(
+                    _fit_budget(cfg, epoch, planned_epochs, train_seconds + t_train, say),
+                    info, device)
 
             last = epoch + 1 == planned_epochs
             do_val = bool(data.val_images) and (
@@ -312,8 +319,6 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             history.append(row)
 
             train_seconds += time.perf_counter() - t0
-            if cfg.train.max_minutes > 0:
-                planned_epochs = _fit_budget(cfg, epoch, planned_epochs, train_seconds, say)
 
             vd = val.get("dice_mean", float("nan"))
             is_best = do_val and not math.isnan(vd) and vd > best
