@@ -249,3 +249,31 @@ def test_3d_and_multichannel_msd(tmp_path):
                  "--device", "cpu"]) == 0
     pred = nib.load(out / "c4.nii.gz")  # the two channel files became one case
     assert pred.shape == (24, 24, 12) and np.allclose(pred.affine, aff)
+
+
+def test_ctrl_c_keeps_last_checkpoint_and_resume_finishes(trained, tmp_path):
+    """A real SIGINT to ``medseg train``: exit 130, last checkpoint intact, --resume completes."""
+    import signal
+    import time
+
+    import torch
+
+    ds, _ = trained
+    model = tmp_path / "m"
+    cmd = [sys.executable, "-m", "medseg.cli", "train", "--dataset", str(ds), "--output",
+           str(model), *TRAIN_FLAGS]
+    cmd[cmd.index("--epochs") + 1] = "40"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ck = model / "checkpoint_last.pt"
+    deadline = time.time() + 120
+    while not ck.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ck.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Continue with --resume" in out and "Traceback" not in out
+    state = torch.load(ck, weights_only=True)  # intact and loadable
+    assert state["epoch"] >= 0 and not [p for p in model.iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", "--output", str(model), "--resume"]) == 0
+    assert torch.load(ck, weights_only=True)["epoch"] == 39
