@@ -42,3 +42,40 @@ def test_observation_mask_from_ignore_label():
     assert m.observed.tolist() == [[True, True, False], [False, True, True]]
     assert m.fraction == pytest.approx(4 / 6)
     assert ObservationMask.from_labels(lab, None).fraction == 1.0
+
+
+def test_instance_set_empty_and_round_trip():
+    from medseg.tasks import InstanceSet
+
+    e = InstanceSet.empty((5, 6))
+    assert len(e) == 0 and e.to_label_map().sum() == 0 and e.areas().numel() == 0
+    assert len(InstanceSet.from_label_map(torch.zeros(4, 4, dtype=torch.long))) == 0
+    lab = torch.zeros(6, 6, dtype=torch.long)
+    lab[0:2, 0:2] = 3
+    lab[3:6, 3:5] = 7
+    sem = torch.zeros(6, 6, dtype=torch.long)
+    sem[0:2, 0:2] = 2
+    sem[3:6, 3:5] = 1
+    sem[5, 4] = 2  # minority pixel: the instance keeps its majority class 1
+    s = InstanceSet.from_label_map(lab, semantic=sem)
+    assert len(s) == 2 and s.classes.tolist() == [2, 1] and s.areas().tolist() == [4, 6]
+    back = s.to_label_map()
+    assert torch.equal(back > 0, lab > 0) and set(back.unique().tolist()) == {0, 1, 2}
+    assert torch.equal(s.to_semantic_map()[lab == 7], torch.ones(6, dtype=torch.long))
+
+
+def test_instance_overlap_policy_higher_score_wins():
+    from medseg.tasks import InstanceSet
+
+    m = torch.zeros(2, 4, 4, dtype=torch.bool)
+    m[0, :, :3] = True
+    m[1, :, 1:] = True  # columns 1-2 overlap
+    s = InstanceSet(m, torch.tensor([1, 2]), torch.tensor([0.4, 0.9]), (4, 4))
+    lm = s.to_label_map()
+    assert lm[:, 0].tolist() == [1] * 4 and lm[:, 1:].unique().tolist() == [2]
+    tie = InstanceSet(m, torch.tensor([1, 2]), torch.tensor([0.5, 0.5]), (4, 4))
+    assert tie.to_label_map()[:, 1:3].unique().tolist() == [1]  # equal scores: lower index
+    with pytest.raises(ValueError, match="scores"):
+        InstanceSet(m, torch.tensor([1, 2]), torch.tensor([0.5, 1.5]), (4, 4))
+    with pytest.raises(ValueError, match="classes"):
+        InstanceSet(m, torch.tensor([1]), torch.tensor([0.5, 0.5]), (4, 4))

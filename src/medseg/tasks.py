@@ -7,7 +7,7 @@ reports, and what states the mathematical object of each task.
 * T1 :class:`ClassProbs` — a point of the simplex per image.
 * T2 :class:`MultiLabel` — C independent Bernoulli scores plus per-class thresholds.
 * T3 :class:`SegProbs` (a distribution over C classes per voxel) and :class:`LabelMap`.
-* T4 instance sets are a variable-size collection; the type lands with instance segmentation.
+* T4 :class:`InstanceSet` — a variable-size set of (binary mask, class, score), N = 0 valid.
 * T5 :class:`ObservationMask` — which voxels (or which labels) are observed.
 """
 
@@ -128,6 +128,110 @@ class LabelMap:
         """``(C, *spatial)`` float one-hot encoding."""
         oh = torch.nn.functional.one_hot(self.labels, self.num_classes)
         return oh.movedim(-1, 0).float()
+
+
+@dataclass
+class InstanceSet:
+    """T4 instance segmentation: a finite set ``{(m_i, c_i, s_i)}_{i=1..N}``; N may be 0.
+
+    It is not a fixed tensor: ``masks`` has shape ``(N, *spatial)`` with N varying per image,
+    and ``spatial_shape`` keeps the grid when N = 0.
+
+    Overlap policy (documented, used by :meth:`to_label_map`): where masks overlap, the pixel
+    goes to the instance with the higher score; equal scores go to the lower index. Instance
+    ids in a label map are ``1..N`` in the set's order; 0 is background.
+
+    Attributes:
+        masks: ``(N, *spatial)`` bool.
+        classes: ``(N,)`` int64 class of each instance (foreground classes start at 1).
+        scores: ``(N,)`` float32 confidence in [0, 1].
+        spatial_shape: The image grid.
+    """
+
+    masks: torch.Tensor
+    classes: torch.Tensor
+    scores: torch.Tensor
+    spatial_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        self.spatial_shape = tuple(int(s) for s in self.spatial_shape)
+        n = self.masks.shape[0] if self.masks.ndim else 0
+        if self.masks.numel() == 0 and n == 0:
+            self.masks = torch.zeros((0, *self.spatial_shape), dtype=torch.bool)
+        if tuple(self.masks.shape[1:]) != self.spatial_shape:
+            raise ValueError(f"masks {tuple(self.masks.shape)} must be (N, *{self.spatial_shape})")
+        self.masks = self.masks.to(torch.bool)
+        self.classes = torch.as_tensor(self.classes, dtype=torch.int64).reshape(-1)
+        self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
+        if not (self.classes.numel() == self.scores.numel() == n):
+            raise ValueError(f"{n} masks but {self.classes.numel()} classes and "
+                             f"{self.scores.numel()} scores")
+        if n and (float(self.scores.min()) < 0 or float(self.scores.max()) > 1):
+            raise ValueError("instance scores must lie in [0, 1]")
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @classmethod
+    def empty(cls, spatial_shape: tuple[int, ...]) -> InstanceSet:
+        """The valid empty set (N = 0) on a grid."""
+        return cls(torch.zeros((0, *spatial_shape), dtype=torch.bool),
+                   torch.zeros(0, dtype=torch.int64), torch.zeros(0), spatial_shape)
+
+    @classmethod
+    def from_label_map(
+        cls,
+        instance_map: torch.Tensor,
+        semantic: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
+    ) -> InstanceSet:
+        """Build from an instance label map (0 = background, ``k > 0`` = instance k).
+
+        Args:
+            instance_map: ``(*spatial)`` integer map.
+            semantic: Optional ``(*spatial)`` class map; each instance takes the majority class
+                of its pixels (ties: the smaller class). Without it every class is 1.
+            scores: Optional per-instance scores in id order (default 1.0).
+
+        Returns:
+            Instances ordered by increasing id (ids need not be contiguous).
+        """
+        if instance_map.is_floating_point():
+            raise ValueError("instance map must be integer")
+        ids = [int(i) for i in torch.unique(instance_map) if int(i) != 0]
+        shape = tuple(instance_map.shape)
+        if not ids:
+            return cls.empty(shape)
+        masks = torch.stack([instance_map == i for i in ids])
+        if semantic is None:
+            classes = torch.ones(len(ids), dtype=torch.int64)
+        else:
+            classes = torch.stack([torch.bincount(semantic[m].reshape(-1).to(torch.int64))
+                                   .argmax() for m in masks])
+        sc = torch.ones(len(ids)) if scores is None else torch.as_tensor(scores,
+                                                                         dtype=torch.float32)
+        return cls(masks, classes, sc, shape)
+
+    def to_label_map(self) -> torch.Tensor:
+        """``(*spatial)`` int64 instance ids ``1..N`` (0 background), overlaps by score."""
+        out = torch.zeros(self.spatial_shape, dtype=torch.int64)
+        if len(self) == 0:
+            return out
+        # paint lowest priority first: ascending score, and for equal scores higher index first
+        order = sorted(range(len(self)), key=lambda i: (float(self.scores[i]), -i))
+        for i in order:
+            out[self.masks[i]] = i + 1
+        return out
+
+    def to_semantic_map(self) -> torch.Tensor:
+        """``(*spatial)`` int64 class map under the same overlap policy."""
+        ids = self.to_label_map()
+        lut = torch.cat([torch.zeros(1, dtype=torch.int64), self.classes])
+        return lut[ids]
+
+    def areas(self) -> torch.Tensor:
+        """``(N,)`` pixel/voxel count of each instance mask."""
+        return self.masks.flatten(1).sum(1)
 
 
 @dataclass
