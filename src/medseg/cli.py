@@ -56,10 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true",
                    help="replace an existing demo output folder (only one written by the demo)")
 
-    t = sub.add_parser("train", help="train a segmentation model",
-                       description="Train on an MSD / nnU-Net folder (dataset.json, imagesTr, "
-                                   "labelsTr) or on a folder of 2D images plus --masks.")
-    t.add_argument("--dataset", help="dataset folder (dataset.json) or folder of images")
+    t = sub.add_parser("train", help="train a segmentation or classification model",
+                       description="Segmentation: an MSD / nnU-Net folder (dataset.json, "
+                                   "imagesTr, labelsTr) or a folder of 2D images plus --masks. "
+                                   "Classification (--task classification): a CSV label table "
+                                   "(image,label or one 0/1/-1 column per label) or a MedMNIST "
+                                   ".npz.")
+    t.add_argument("--task", choices=("segmentation", "classification"), default=None)
+    t.add_argument("--dataset", help="dataset folder (dataset.json), folder of images, label "
+                                     "CSV or .npz")
     t.add_argument("--masks", help="folder of masks matched to --dataset images by name")
     t.add_argument("--mask-suffix", default=None, help="mask name suffix, e.g. _Annotation")
     t.add_argument("--modality", default=None, help="override modality (CT, MR, US, XR, PNG)")
@@ -89,10 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write the class probabilities (NIfTI, C channels)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--split", default=None,
+                   help="classification: predict only this split of the table (train/val/test)")
 
-    e = sub.add_parser("evaluate", help="compare predicted and reference label maps",
-                       description="Per-case, per-class Dice, IoU, HD95 and ASSD (mm). Writes "
-                                   "metrics.json and metrics.csv and prints a summary table.")
+    e = sub.add_parser("evaluate", help="compare predictions with references",
+                       description="Segmentation: per-case, per-class Dice, IoU, HD95 and ASSD "
+                                   "(mm). Classification (--pred predictions.csv, --ref label "
+                                   "table): accuracy, balanced accuracy, AUROC, sensitivity, "
+                                   "specificity, F1, confusion matrix with bootstrap intervals. "
+                                   "Writes metrics.json and metrics.csv and prints a summary.")
     e.add_argument("--pred", required=True, help="folder (or file) of predicted label maps")
     e.add_argument("--ref", required=True, help="folder (or file) of reference label maps")
     e.add_argument("--output", required=True, help="folder for metrics.json / metrics.csv")
@@ -102,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="reference value marking unlabelled voxels (excluded)")
     e.add_argument("--ref-suffix", default="", help="reference name suffix, e.g. _Annotation")
     e.add_argument("--images", help="folder of the input images, to add overlays and a report")
+    e.add_argument("--split", default=None,
+                   help="classification: score only this split of the label table")
+    e.add_argument("--bootstrap", type=int, default=1000,
+                   help="classification: bootstrap resamples for the 95%% intervals")
 
     ph = sub.add_parser("phantoms", help="write the embedded phantom dataset (MSD layout)")
     ph.add_argument("--out", required=True)

@@ -5,6 +5,16 @@ Data flows: :func:`open_dataset` -> :func:`validate_dataset` -> :func:`make_plan
 :func:`full_image_batches` (validation); :func:`restore_probabilities` maps predictions back.
 """
 
+from medseg.data.classification import (
+    MISSING,
+    ClsDataset,
+    ClsItem,
+    load_classification_csv,
+    load_images,
+    load_medmnist_npz,
+    npz_images_to_float,
+    open_classification,
+)
 from medseg.data.convert import FillReport, fill_outline_masks
 from medseg.data.layouts import (
     SegCase,
@@ -34,6 +44,14 @@ from medseg.data.validate import (
 )
 
 __all__ = [
+    "MISSING",
+    "ClsDataset",
+    "ClsItem",
+    "load_classification_csv",
+    "load_images",
+    "load_medmnist_npz",
+    "npz_images_to_float",
+    "open_classification",
     "ChannelNorm",
     "ChannelStats",
     "DatasetSummary",

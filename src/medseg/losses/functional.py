@@ -443,3 +443,341 @@ def deep_supervision_loss(
         total = term if total is None else total + term
     assert total is not None
     return total
+
+
+# ----------------------------------------------------------------- BCE, focal, generalised Dice
+
+
+def _check_scores(x: torch.Tensor, name: str) -> None:
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must be (B, C) or (B, C, *spatial), got shape {tuple(x.shape)}; add a batch "
+            "axis with x[None] or a class axis with x[:, None]"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def _elementwise_mask(
+    mask: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Broadcast a mask to the element shape ``(B, C, *spatial)`` of a multi-label output.
+
+    Accepted: the full shape, ``(B, *spatial)`` (one value per pixel or, for ``(B, C)`` outputs,
+    per image, shared by all channels), or anything broadcastable to ``shape``.
+    """
+    if mask is None:
+        return None
+    shape = tuple(shape)
+    if mask.ndim == len(shape) - 1 and tuple(mask.shape) == (shape[0], *shape[2:]):
+        mask = mask.unsqueeze(1)
+    try:
+        return torch.broadcast_to(mask, shape).to(dtype)
+    except RuntimeError:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} cannot be broadcast to the prediction "
+            f"{shape}; give {shape}, {(shape[0], *shape[2:])} or {(shape[0], 1, *shape[2:])}"
+        ) from None
+
+
+def _per_class(
+    values: torch.Tensor | Sequence[float] | None,
+    name: str,
+    num_classes: int,
+    ndim: int,
+    ref: torch.Tensor,
+) -> torch.Tensor | None:
+    """A ``(C,)`` per-class vector shaped ``(C, 1, ..., 1)`` to broadcast over ``(B, C, *sp)``."""
+    if values is None:
+        return None
+    v = torch.as_tensor(values, device=ref.device, dtype=ref.dtype)
+    if v.shape != (num_classes,):
+        raise ValueError(f"{name} must have shape ({num_classes},), got {tuple(v.shape)}")
+    return v.view(num_classes, *([1] * (ndim - 2)))
+
+
+def _observed_binary_target(
+    target: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target with missing entries (-1 or unobserved) set to 0, and the float observation mask.
+
+    The observation mask is ``mask * (target != -1)``; ``None`` when everything is observed.
+    """
+    if tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} must equal logits shape {tuple(logits.shape)} "
+            "(one {0, 1} entry per class; -1 marks a missing label)"
+        )
+    y = target.to(logits.dtype)
+    m = _elementwise_mask(mask, logits.shape, logits.dtype)
+    missing = y == -1
+    if bool(missing.any()):
+        present = (~missing).to(logits.dtype)
+        m = present if m is None else m * present
+    if m is not None:
+        y = torch.where(m > 0, y, torch.zeros_like(y))
+    bad = (y < 0) | (y > 1)
+    if bool(bad.any()):
+        values = torch.unique(y[bad])[:8].tolist()
+        raise ValueError(
+            f"observed binary targets must lie in [0, 1], found {values}; use -1 (or the mask) "
+            "for missing labels"
+        )
+    return y, m
+
+
+def _masked_reduce(
+    terms: torch.Tensor, m: torch.Tensor | None, reduction: str
+) -> torch.Tensor:
+    """Reduce per-element terms; ``"mean"`` divides by the observed count ``sum(m)``."""
+    if m is not None:
+        terms = terms * m
+    if reduction == "none":
+        return terms
+    if reduction == "sum":
+        return terms.sum()
+    if m is None:
+        return terms.mean()
+    denom = m.sum()
+    # Nothing observed: terms are all 0, divide by 1 to return 0 with zero (finite) gradient.
+    return terms.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def masked_bce_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | Sequence[float] | None = None,
+    class_weights: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary cross-entropy for binary and multi-label outputs (L2, T2, T5). Takes logits.
+
+    Per element, with ``p = sigmoid(z)``, per-class ``pos_weight`` ``q_c`` and ``class_weights``
+    ``w_c``::
+
+        l = -w_c [q_c y ln p + (1 - y) ln(1 - p)]
+
+    so with ``q = w = 1`` the gradient w.r.t. the logit is exactly ``p - y`` (``y_hat - y``).
+    This is ``F.binary_cross_entropy_with_logits(weight=w, pos_weight=q)`` with the class
+    vectors broadcast over the class axis (axis 1), plus missing data: an element is observed
+    where ``mask > 0`` **and** ``target != -1`` (the multi-label "label missing" marker). The
+    mask is applied after the sigmoid, as a weight on the element terms; missing elements get
+    exactly zero gradient whatever their logit.
+
+    Args:
+        logits: ``(B, C)`` (multi-label classification) or ``(B, C, *spatial)``.
+        target: Same shape, values in ``[0, 1]`` (``{0, 1}`` labels, soft labels allowed) or
+            ``-1`` for a missing label.
+        mask: Optional observation mask, bool or float in ``[0, 1]``: the full shape,
+            ``(B, *spatial)`` (per pixel, or per image for ``(B, C)``), or broadcastable.
+        pos_weight: Optional ``(C,)`` weights of the positive term.
+        class_weights: Optional ``(C,)`` weights of the whole term.
+        reduction: ``"mean"``: ``sum(M l) / sum(M)``, the mean over observed elements (the class
+            weights are *not* in the denominator, as in torch); nothing observed gives 0 with
+            zero, finite gradient. ``"sum"``: ``sum(M l)``. ``"none"``: ``M l`` of the input
+            shape.
+
+    Returns:
+        A scalar, or a tensor of ``logits``' shape for ``reduction="none"``.
+    """
+    _check_scores(logits, "logits")
+    _check_reduction(reduction)
+    y, m = _observed_binary_target(target, logits, mask)
+    num_classes = logits.shape[1]
+    pw = _per_class(pos_weight, "pos_weight", num_classes, logits.ndim, logits)
+    cw = _per_class(class_weights, "class_weights", num_classes, logits.ndim, logits)
+    terms = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pw, reduction="none")
+    if cw is not None:
+        terms = terms * cw
+    return _masked_reduce(terms, m, reduction)
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    alpha: torch.Tensor | Sequence[float] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Multi-class focal loss (Lin et al. 2017), softmax form (T6). Takes logits.
+
+    Per pixel with true class ``t`` and ``p = softmax(z)``::
+
+        l = -alpha_t (1 - p_t)^gamma ln p_t
+
+    ``gamma = 0`` and no ``alpha`` is plain cross-entropy. ``(1 - p_t)`` is computed as
+    ``-expm1(ln p_t)`` so confident pixels stay accurate. The observation mask multiplies the
+    per-pixel terms; label values at unobserved pixels are ignored (as in
+    :func:`masked_cross_entropy`).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)`` or ``(B, 1, *spatial)`` integer labels.
+        mask: Optional ``(B, *spatial)`` / ``(B, 1, *spatial)`` observation mask.
+        gamma: Focusing parameter ``>= 0``.
+        alpha: Optional ``(C,)`` class weights ``alpha_c``.
+        reduction: ``"mean"``: ``sum(M l) / sum(M)`` over observed pixels (``alpha`` is not in
+            the denominator, as in the focal-loss paper; nothing observed gives 0 with zero,
+            finite gradient), ``"sum"``, or ``"none"`` giving ``(B, *spatial)``.
+
+    Returns:
+        A scalar, or ``(B, *spatial)`` for ``reduction="none"``.
+    """
+    _check_logits(logits, "logits")
+    _check_reduction(reduction)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    batch, num_classes, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    target = as_label_map(target, spatial, batch)
+    m = as_mask(mask, spatial, batch, logits.dtype)
+    safe = _safe_labels(target, m, num_classes)
+    log_pt = F.log_softmax(logits, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
+    terms = -log_pt
+    if gamma != 0:
+        terms = terms * (-torch.expm1(log_pt)).clamp_min(0) ** gamma
+    if alpha is not None:
+        a = torch.as_tensor(alpha, device=logits.device, dtype=logits.dtype)
+        if a.shape != (num_classes,):
+            raise ValueError(f"alpha must have shape ({num_classes},), got {tuple(a.shape)}")
+        terms = terms * a[safe]
+    return _masked_reduce(terms, m, reduction)
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary / multi-label focal loss, sigmoid form (Lin et al. 2017). Takes logits.
+
+    Per element with ``p = sigmoid(z)``, ``p_t = p y + (1 - p)(1 - y)`` and
+    ``alpha_t = alpha y + (1 - alpha)(1 - y)``::
+
+        l = alpha_t (1 - p_t)^gamma BCE(z, y)
+
+    (the torchvision ``sigmoid_focal_loss`` formula; ``alpha=None`` drops ``alpha_t``).
+    ``gamma = 0`` and ``alpha=None`` is :func:`masked_bce_with_logits`. Missing data as there:
+    an element is observed where ``mask > 0`` and ``target != -1``.
+
+    Args:
+        logits: ``(B, C)`` or ``(B, C, *spatial)``.
+        target: Same shape, values in ``[0, 1]`` or ``-1`` for a missing label.
+        mask: Optional observation mask (full shape, ``(B, *spatial)`` or broadcastable).
+        gamma: Focusing parameter ``>= 0``.
+        alpha: Optional weight in ``[0, 1]`` of the positive class.
+        reduction: ``"mean"`` over observed elements, ``"sum"``, or ``"none"``.
+
+    Returns:
+        A scalar, or a tensor of ``logits``' shape for ``reduction="none"``.
+    """
+    _check_scores(logits, "logits")
+    _check_reduction(reduction)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    y, m = _observed_binary_target(target, logits, mask)
+    terms = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if gamma != 0:
+        p = torch.sigmoid(logits)
+        p_t = p * y + (1 - p) * (1 - y)
+        terms = terms * (1 - p_t).clamp_min(0) ** gamma
+    if alpha is not None:
+        terms = terms * (alpha * y + (1 - alpha) * (1 - y))
+    return _masked_reduce(terms, m, reduction)
+
+
+def generalized_dice_weights(y_sums: torch.Tensor) -> torch.Tensor:
+    """Sudre et al. (2017) class weights ``w_c = 1 / (sum_i y_ic)^2``, capped and normalised.
+
+    A class absent from the reference (``sum y_c = 0``) would get an infinite weight; it gets
+    the largest finite weight of the same row instead (the cap; as MONAI), and ``1`` when every
+    class is absent. Each row is then normalised to sum 1, which leaves the loss unchanged
+    (numerator and denominator scale together) but keeps ``eps`` relative to the volumes.
+
+    Args:
+        y_sums: ``(..., C)`` reference volumes per class (``>= 0``).
+
+    Returns:
+        ``(..., C)`` weights, each row summing to 1.
+    """
+    empty = y_sums <= 0
+    w = 1.0 / torch.where(empty, torch.ones_like(y_sums), y_sums) ** 2
+    finite_max = torch.where(empty, torch.zeros_like(w), w).amax(dim=-1, keepdim=True)
+    cap = torch.where(finite_max > 0, finite_max, torch.ones_like(finite_max))
+    w = torch.where(empty, cap.expand_as(w), w)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def generalized_dice_loss(
+    probs: torch.Tensor,
+    target_onehot: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    batch_dice: bool = False,
+    include_background: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Generalised (volume-weighted) Dice loss, Sudre et al. 2017 (L5, T6). Takes probabilities.
+
+    Per sample (or pooled over the batch with ``batch_dice``), with the class weights
+    ``w_c`` of :func:`generalized_dice_weights` (``1 / (sum_i y_ic)^2``, a cap for empty classes,
+    normalised to sum 1)::
+
+        l = 1 - (2 sum_c w_c sum_i p_ic y_ic + eps) / (sum_c w_c sum_i (p_ic + y_ic) + eps)
+
+    ``p`` and ``y`` are multiplied by the observation mask first, so unobserved pixels enter no
+    sum (the weights included). The weights depend on the target only and carry no gradient.
+    Prediction and reference both empty gives 0.
+
+    Args:
+        probs: ``(B, C, *spatial)`` probabilities.
+        target_onehot: ``(B, C, *spatial)`` one-hot (or soft) targets in ``[0, 1]``.
+        mask: Optional ``(B, *spatial)`` / ``(B, 1, *spatial)`` observation mask.
+        eps: Smoothing constant ``> 0``.
+        batch_dice: Pool the sums over the batch (one loss) instead of one loss per sample.
+        include_background: Keep channel 0; ``False`` drops it (needs ``C >= 2``).
+        reduction: ``"mean"`` over samples, ``"sum"``, or ``"none"`` giving ``(B,)`` (a
+            0-dim tensor with ``batch_dice``).
+
+    Returns:
+        A scalar, or ``(B,)`` for ``reduction="none"``.
+    """
+    _check_logits(probs, "probs")
+    _check_reduction(reduction)
+    if tuple(target_onehot.shape) != tuple(probs.shape):
+        raise ValueError(
+            f"target_onehot shape {tuple(target_onehot.shape)} must equal probs shape "
+            f"{tuple(probs.shape)}; build it with medseg.losses.one_hot(labels, C, mask)"
+        )
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    batch, spatial = probs.shape[0], tuple(probs.shape[2:])
+    y = target_onehot.to(probs.dtype)
+    p = probs
+    m = as_mask(mask, spatial, batch, probs.dtype)
+    if m is not None:
+        p = p * m.unsqueeze(1)
+        y = y * m.unsqueeze(1)
+    if not include_background:
+        if probs.shape[1] < 2:
+            raise ValueError("include_background=False needs at least 2 channels")
+        p, y = p[:, 1:], y[:, 1:]
+    dims = tuple(range(2, p.ndim))
+    intersect = (p * y).sum(dim=dims)
+    s_p = p.sum(dim=dims)
+    s_y = y.sum(dim=dims)
+    if batch_dice:
+        intersect, s_p, s_y = intersect.sum(0), s_p.sum(0), s_y.sum(0)
+    w = generalized_dice_weights(s_y.detach())
+    num = 2.0 * (w * intersect).sum(-1) + eps
+    den = (w * (s_p + s_y)).sum(-1) + eps
+    loss = 1.0 - num / den
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()

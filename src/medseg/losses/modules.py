@@ -151,3 +151,141 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, torch.Tensor):
             outputs = [outputs]
         return LF.deep_supervision_loss(self.loss, outputs, target, mask, self.weights)
+
+
+def _optional_buffer(module: nn.Module, name: str, value: object) -> None:
+    module.register_buffer(
+        name, None if value is None else torch.as_tensor(value, dtype=torch.float32)
+    )
+
+
+class MaskedBCEWithLogitsLoss(nn.Module):
+    """Binary / multi-label cross-entropy over observed elements (L2, T5). Takes logits.
+
+    ``target == -1`` marks a missing label (unobserved), as does ``mask == 0``.
+
+    Args:
+        pos_weight: Optional ``(C,)`` positive-term weights (buffer).
+        class_weights: Optional ``(C,)`` per-class weights (buffer).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    pos_weight: torch.Tensor | None
+    class_weights: torch.Tensor | None
+
+    def __init__(
+        self,
+        pos_weight: torch.Tensor | Sequence[float] | None = None,
+        class_weights: torch.Tensor | Sequence[float] | None = None,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        LF._check_reduction(reduction)
+        self.reduction = reduction
+        _optional_buffer(self, "pos_weight", pos_weight)
+        _optional_buffer(self, "class_weights", class_weights)
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: ``logits`` ``(B, C[, *spatial])``, ``target`` same shape, optional ``mask``."""
+        return LF.masked_bce_with_logits(
+            logits, target, mask, self.pos_weight, self.class_weights, self.reduction
+        )
+
+
+class FocalLoss(nn.Module):
+    """Multi-class (softmax) focal loss over observed pixels. Takes logits and a label map.
+
+    Args:
+        gamma: Focusing parameter ``>= 0``.
+        alpha: Optional ``(C,)`` class weights (buffer).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    alpha: torch.Tensor | None
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: torch.Tensor | Sequence[float] | None = None,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        LF._check_reduction(reduction)
+        self.gamma = gamma
+        self.reduction = reduction
+        _optional_buffer(self, "alpha", alpha)
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: ``logits`` ``(B, C, *spatial)``, ``target`` ``(B, [1,] *spatial)``, ``mask``."""
+        return LF.focal_loss(logits, target, mask, self.gamma, self.alpha, self.reduction)
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Binary / multi-label (sigmoid) focal loss over observed elements. Takes logits.
+
+    Args:
+        gamma: Focusing parameter ``>= 0``.
+        alpha: Optional positive-class weight in ``[0, 1]``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, reduction: str = "mean"):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if alpha is not None and not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        LF._check_reduction(reduction)
+        self.gamma = gamma
+        self.alpha = alpha
+        self.reduction = reduction
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: ``logits`` ``(B, C[, *spatial])``, ``target`` same shape, optional ``mask``."""
+        return LF.sigmoid_focal_loss(
+            logits, target, mask, self.gamma, self.alpha, self.reduction
+        )
+
+
+class GeneralizedDiceLoss(nn.Module):
+    """Generalised (volume-weighted) Dice loss (L5). Takes probabilities and a one-hot target.
+
+    Args:
+        eps: Smoothing constant ``> 0``.
+        batch_dice: Pool the sums over the batch.
+        include_background: Keep channel 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        eps: float = 1e-5,
+        batch_dice: bool = False,
+        include_background: bool = True,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        LF._check_reduction(reduction)
+        self.eps = eps
+        self.batch_dice = batch_dice
+        self.include_background = include_background
+        self.reduction = reduction
+
+    def forward(
+        self, probs: torch.Tensor, target_onehot: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: ``probs`` and ``target_onehot`` ``(B, C, *spatial)``, optional ``mask``."""
+        return LF.generalized_dice_loss(
+            probs, target_onehot, mask, eps=self.eps, batch_dice=self.batch_dice,
+            include_background=self.include_background, reduction=self.reduction,
+        )

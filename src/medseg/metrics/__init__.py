@@ -22,6 +22,19 @@ from medseg.metrics.aggregate import (
     summarize,
     write_metrics,
 )
+from medseg.metrics.classification import (
+    CLASS_METRICS,
+    auroc,
+    binary_counts,
+    binary_rates,
+    bootstrap_ci,
+    classification_case_rows,
+    confusion_matrix,
+    evaluate_classification,
+    predict_classes,
+    roc_curve,
+    write_classification_metrics,
+)
 from medseg.metrics.overlap import confusion_counts, dice, iou
 from medseg.metrics.policy import DEFAULT_POLICY, EmptyPolicy
 from medseg.metrics.segmentation import CLASS_RESULT_KEYS, evaluate_case
@@ -34,6 +47,17 @@ from medseg.metrics.surface import (
 )
 
 __all__ = [
+    "CLASS_METRICS",
+    "auroc",
+    "binary_counts",
+    "binary_rates",
+    "bootstrap_ci",
+    "classification_case_rows",
+    "confusion_matrix",
+    "evaluate_classification",
+    "predict_classes",
+    "roc_curve",
+    "write_classification_metrics",
     "CLASS_RESULT_KEYS",
     "DEFAULT_POLICY",
     "SUMMARY_METRICS",

@@ -3,6 +3,7 @@
 Importing this package imports every network module so that they register themselves.
 """
 
+from medseg.networks.classifier import ResNetClassifier
 from medseg.networks.registry import (
     create_model,
     list_models,
@@ -14,6 +15,7 @@ from medseg.networks.registry import (
 from medseg.networks.unet import UNet, unet_feature_channels
 
 __all__ = [
+    "ResNetClassifier",
     "UNet",
     "create_model",
     "list_models",

@@ -37,6 +37,8 @@ class DataConfig:
         split_seed: Seed of the train/validation split.
         val_max_cases: Cap on the validation cases scored at each validation (``0`` = all);
             the others stay held out of training.
+        image_size: Classification only: resize every image to this spatial size (``None``
+            keeps the size; then all images must share it).
     """
 
     dataset: str = ""
@@ -48,6 +50,7 @@ class DataConfig:
     group_regex: str | None = None
     split_seed: int = 0
     val_max_cases: int = 0
+    image_size: list[int] | None = None
 
 
 @dataclass
@@ -67,9 +70,13 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    """Which registered network and its constructor options (``medseg.networks``)."""
+    """Which registered network and its constructor options (``medseg.networks``).
 
-    name: str = "unet"
+    ``name="auto"`` means ``unet`` for segmentation and ``resnet_classifier`` for
+    classification (:meth:`ExperimentConfig.model_name`).
+    """
+
+    name: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -189,8 +196,13 @@ class InferenceConfig:
 
 @dataclass
 class ExperimentConfig:
-    """Everything needed to train and to reproduce a model."""
+    """Everything needed to train and to reproduce a model.
 
+    ``task`` is ``"segmentation"`` (T3) or ``"classification"`` (T1 / T2, single- or
+    multi-label decided by the label table).
+    """
+
+    task: str = "segmentation"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -200,6 +212,17 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     output_dir: str = "runs/model"
+
+    def __post_init__(self) -> None:
+        if self.task not in ("segmentation", "classification"):
+            raise ConfigError(f"task must be 'segmentation' or 'classification', got "
+                              f"{self.task!r}")
+
+    def model_name(self) -> str:
+        """The registered network to build (``model.name``, with ``auto`` resolved by task)."""
+        if self.model.name != "auto":
+            return self.model.name
+        return "unet" if self.task == "segmentation" else "resnet_classifier"
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

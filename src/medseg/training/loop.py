@@ -162,6 +162,34 @@ def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
     return out
 
 
+def check_output_folder(cfg: ExperimentConfig, resume: bool
+                        ) -> tuple[ExperimentConfig, Path, Path]:
+    """Refuse to overwrite a model; on resume, return the folder's saved config.
+
+    Returns:
+        ``(config to use, output folder, path of checkpoint_last.pt)``.
+
+    Raises:
+        InputError: a model exists and ``resume`` is false, or nothing to resume.
+    """
+    out = Path(cfg.output_dir)
+    last_path = out / LAST_NAME
+    if not resume and last_path.exists():
+        raise InputError(
+            "the output folder already holds a trained model", out,
+            "pass --resume to continue it, or choose another --output folder "
+            "(medseg never overwrites a model)",
+        )
+    if resume and not last_path.exists():
+        raise InputError("nothing to resume: no checkpoint_last.pt", out,
+                         "start without --resume")
+    if resume:
+        # the saved config is the truth for a resumed run (same data, model, schedule)
+        cfg = ExperimentConfig.load(out / CONFIG_NAME)
+        cfg.output_dir = str(out)
+    return cfg, out, last_path
+
+
 def train(cfg: ExperimentConfig, resume: bool = False,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a segmentation model as configured; see the module docstring for the guarantees.
@@ -185,21 +213,7 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         torch.set_num_threads(cfg.train.num_threads)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(cfg.output_dir)
-    last_path = out / LAST_NAME
-    if not resume and last_path.exists():
-        raise InputError(
-            "the output folder already holds a trained model", out,
-            "pass --resume to continue it, or choose another --output folder "
-            "(medseg never overwrites a model)",
-        )
-    if resume and not last_path.exists():
-        raise InputError("nothing to resume: no checkpoint_last.pt", out,
-                         "start without --resume")
-    if resume:
-        # the saved config is the truth for a resumed run (same data, model, schedule)
-        cfg = ExperimentConfig.load(out / CONFIG_NAME)
-        cfg.output_dir = str(out)
+    cfg, out, last_path = check_output_folder(cfg, resume)
 
     torch.manual_seed(cfg.train.seed)
     say(f"medseg train: preparing data from {cfg.data.dataset}")

@@ -97,7 +97,7 @@ class PreparedData:
             "channel_names": list(self.dataset.channel_names),
             "modalities": list(self.dataset.modalities),
             "patch_size": list(self.patch_size),
-            "model": {"name": cfg.model.name, "options": dict(cfg.model.options)},
+            "model": {"name": cfg.model_name(), "options": dict(cfg.model.options)},
             "inference": {
                 "overlap": cfg.inference.overlap,
                 "sw_batch_size": cfg.inference.sw_batch_size,
@@ -202,11 +202,11 @@ def build_model(cfg: ExperimentConfig, in_channels: int, num_classes: int,
             model's own message, with where to fix it).
     """
     try:
-        return create_model(cfg.model.name, spatial_dims=spatial_dims, in_channels=in_channels,
+        return create_model(cfg.model_name(), spatial_dims=spatial_dims, in_channels=in_channels,
                             num_classes=num_classes, **dict(cfg.model.options))
     except (KeyError, TypeError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise ConfigError(f"model {cfg.model.name!r}: {msg}",
+        raise ConfigError(f"model {cfg.model_name()!r}: {msg}",
                           hint="fix model.name / model.options in the config") from None
 
 

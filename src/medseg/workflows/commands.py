@@ -27,7 +27,7 @@ def build_train_config(a: argparse.Namespace) -> ExperimentConfig:
         "data.modality": a.modality, "output_dir": a.output, "train.epochs": a.epochs,
         "train.steps_per_epoch": a.steps_per_epoch, "train.batch_size": a.batch_size,
         "train.patch_size": a.patch_size, "train.max_minutes": a.max_minutes,
-        "train.seed": a.seed, "train.device": a.device,
+        "train.seed": a.seed, "train.device": a.device, "task": a.task,
     }
     for key, val in flags.items():
         if val is None:
@@ -48,16 +48,35 @@ def cmd_train(a: argparse.Namespace) -> int:
         from medseg.errors import ConfigError
 
         raise ConfigError("--resume needs the model folder", hint="pass --output MODEL_DIR")
-    result = train(cfg, resume=a.resume)
+    if cfg.task == "classification":
+        from medseg.training.classify import prepare_classification, train_classifier
+
+        print(f"medseg train: preparing classification data from {cfg.data.dataset}")
+        arrays, plan = prepare_classification(cfg)
+        result = train_classifier(cfg, arrays, resume=a.resume, plan=plan)
+        metric = "AUROC"
+    else:
+        result = train(cfg, resume=a.resume)
+        metric = "Dice"
     if result.interrupted:
         return 130
-    print(f"model written to {result.output_dir} (best validation Dice {result.best_dice:.4f})")
+    print(f"model written to {result.output_dir} (best validation {metric} "
+          f"{result.best_dice:.4f})")
     return 0
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    import json
+
     from medseg.workflows.predict import TrainedModel, predict_inputs
 
+    plan = Path(a.model) / "plan.json"
+    if plan.is_file() and json.loads(plan.read_text()).get("task") == "classification":
+        from medseg.workflows.classification import predict_classification
+
+        predict_classification(a.model, a.input, a.output, split=a.split,
+                               checkpoint=a.checkpoint, device=a.device)
+        return 0
     model = TrainedModel.load(a.model, checkpoint=a.checkpoint, device=a.device)
     files = predict_inputs(model, a.input, a.output, fmt=a.format, tta=a.tta or None,
                            overlap=a.overlap, save_probabilities=a.save_probabilities)
@@ -68,6 +87,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from medseg.workflows.evaluate import evaluate_folders
 
+    pred = Path(a.pred)
+    if pred.suffix == ".csv" or (pred / "predictions.csv").is_file():
+        from medseg.workflows.classification import evaluate_classification_files
+
+        ev = evaluate_classification_files(pred, a.ref, a.output, split=a.split,
+                                           n_boot=a.bootstrap)
+        print("written: " + ", ".join(str(f) for f in ev["files"]))
+        return 0
     ev = evaluate_folders(a.pred, a.ref, a.output, labels=a.labels, ignore_label=a.ignore_label,
                           dataset_json=a.dataset_json, ref_suffix=a.ref_suffix, images=a.images)
     print("written: " + ", ".join(str(f) for f in ev["files"]))
