@@ -165,3 +165,49 @@ def test_time_budget_refits_epochs():
     assert loop_mod._fit_budget(cfg, 24, 20, 700.0, msgs.append) == 25
     # never more than train.epochs
     assert loop_mod._fit_budget(cfg, 0, 100, 1.0, msgs.append) == 100
+
+
+def test_fixed_class_weights_follow_the_formula(tiny_dataset, tmp_path):
+    from medseg.training.prepare import prepare_data
+
+    cfg = tiny_cfg(tiny_dataset, tmp_path / "m")
+    cfg.loss.class_weighting = "fixed"
+    cfg.loss.weight_min = 0.0  # see the unclipped formula (3% lesion gives w < 1)
+    data = prepare_data(cfg, log=lambda s: None)
+    acw, w = loop_mod.class_weighting(cfg, data)
+    assert acw is None and w.shape == (3,) and w[0] == 1.0
+    fr = data.summary["class_fractions"]
+    a = fr[2] / sum(fr.values())
+    expected = (1 - a) * 0.02 / (a * (1 - 0.30))  # L4 with p0 = 0.02, p1 = 0.30
+    assert float(w[2]) == pytest.approx(expected, rel=1e-5)
+    cfg.loss.weight_min = 1.0
+    assert float(loop_mod.class_weighting(cfg, data)[1][2]) == max(1.0, expected)
+    res = train(cfg, log=lambda s: None)
+    assert res.epochs_done == 2
+
+
+def test_adaptive_class_weights_logged_and_resumed_exactly(tiny_dataset, tmp_path):
+    def cfg_for(out):
+        c = tiny_cfg(tiny_dataset, out, epochs=3)
+        c.loss.class_weighting = "adaptive"
+        return c
+
+    res = train(cfg_for(tmp_path / "full"), log=lambda s: None)
+    w = [res.history[-1][f"weight_{n}"] for n in ("background", "organ", "lesion")]
+    assert w[0] == 1.0 and all(1.0 <= v <= 100.0 for v in w) and w[2] > w[1] > 1.0
+    part = tmp_path / "part"
+    real = loop_mod.make_epoch_loader
+
+    def flaky(data, cfg_, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(data, cfg_, epoch, **kw)
+
+    loop_mod.make_epoch_loader = flaky
+    try:
+        assert train(cfg_for(part), log=lambda s: None).interrupted
+    finally:
+        loop_mod.make_epoch_loader = real
+    assert "class_weights_state" in torch.load(part / "checkpoint_last.pt", weights_only=True)
+    train(cfg_for(part), resume=True, log=lambda s: None)
+    assert _same(_weights(tmp_path / "full"), _weights(part))

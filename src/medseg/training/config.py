@@ -90,6 +90,13 @@ class LossConfig:
         eps: Dice smoothing.
         batch_dice: Pool Dice sums over the batch.
         include_background: Include class 0 in the Dice average.
+        class_weighting: CE class weights for imbalance (L4): ``"none"``; ``"fixed"`` from the
+            dataset's class fractions and the chosen predictions ``balance_p_own`` (mean p_c on
+            class-c voxels, the spec's p1) and ``balance_p_rest`` (mean p_c elsewhere, p0);
+            ``"adaptive"``: re-estimated every step from the model's current predictions on
+            observed voxels (EMA with ``adaptive_momentum``), logged every epoch.
+        weight_min: Lower clip of the class weights.
+        weight_max: Upper clip, so a weight cannot explode while a class is predicted near 0.
     """
 
     dice_weight: float = 1.0
@@ -97,6 +104,19 @@ class LossConfig:
     eps: float = 1.0
     batch_dice: bool = False
     include_background: bool = False
+    class_weighting: str = "none"
+    balance_p_own: float = 0.30
+    balance_p_rest: float = 0.02
+    adaptive_momentum: float = 0.9
+    weight_min: float = 1.0
+    weight_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.class_weighting not in ("none", "fixed", "adaptive"):
+            raise ConfigError(f"loss.class_weighting must be none, fixed or adaptive, got "
+                              f"{self.class_weighting!r}")
+        if not 0 <= self.weight_min <= self.weight_max:
+            raise ConfigError("need 0 <= loss.weight_min <= loss.weight_max")
 
 
 @dataclass

@@ -23,7 +23,12 @@ import torch
 from medseg.errors import InputError
 from medseg.inference import predict_probs
 from medseg.io.atomic import atomic_write_text
-from medseg.losses import DeepSupervisionLoss, DiceCELoss
+from medseg.losses import (
+    AdaptiveClassWeights,
+    DeepSupervisionLoss,
+    DiceCELoss,
+    gradient_balance_weights,
+)
 from medseg.metrics import dice
 from medseg.training.checkpoint import (
     BEST_NAME,
@@ -162,6 +167,32 @@ def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
     return out
 
 
+def class_weighting(cfg: ExperimentConfig, data: PreparedData
+                    ) -> tuple[AdaptiveClassWeights | None, torch.Tensor | None]:
+    """CE class weights for imbalance (L4) as configured by ``loss.class_weighting``.
+
+    Returns:
+        ``(adaptive state or None, fixed (C,) weights or None)``. Class fractions ``alpha_c``
+        come from the training set's label statistics over observed voxels.
+    """
+    mode = cfg.loss.class_weighting
+    if mode == "none":
+        return None, None
+    fr = data.summary.get("class_fractions", {})
+    alpha = torch.tensor([float(fr.get(c, fr.get(str(c), 0.0)))
+                          for c in range(data.num_classes)], dtype=torch.float64)
+    alpha = alpha / alpha.sum().clamp_min(1e-12)  # over observed voxels (ignore label out)
+    if mode == "fixed":
+        c = data.num_classes
+        w = gradient_balance_weights(alpha, [cfg.loss.balance_p_own] * c,
+                                     [cfg.loss.balance_p_rest] * c, w_min=cfg.loss.weight_min,
+                                     w_max=cfg.loss.weight_max)
+        return None, w.float()
+    return AdaptiveClassWeights(data.num_classes, momentum=cfg.loss.adaptive_momentum,
+                                w_min=cfg.loss.weight_min, w_max=cfg.loss.weight_max,
+                                class_fractions=alpha), None
+
+
 def check_output_folder(cfg: ExperimentConfig, resume: bool
                         ) -> tuple[ExperimentConfig, Path, Path]:
     """Refuse to overwrite a model; on resume, return the folder's saved config.
@@ -224,10 +255,12 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         f"{data.spatial_dims}D, {data.in_channels} channel(s), classes {data.class_names}, "
         f"patch {list(data.patch_size)}")
     optimizer = build_optimizer(cfg, model)
+    acw, class_weights = class_weighting(cfg, data)
     loss_fn = DiceCELoss(
         w_dice=cfg.loss.dice_weight, w_ce=cfg.loss.ce_weight, eps=cfg.loss.eps,
         batch_dice=cfg.loss.batch_dice, include_background=cfg.loss.include_background,
-    )
+        class_weights=class_weights,
+    ).to(device)
     ds_loss_fn = DeepSupervisionLoss(loss_fn)
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -245,6 +278,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         history = list(ck["history"])
         planned_epochs = int(ck["planned_epochs"])
         train_seconds = float(ck.get("train_seconds", 0.0))
+        if acw is not None and "class_weights_state" in ck:
+            acw.load_state_dict(ck["class_weights_state"])
         say(f"  resumed from {last_path} at epoch {start_epoch}/{planned_epochs}")
 
     if info.is_main:
@@ -285,6 +320,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                     target = lab[:, 0]
                     if data.ignore_label is not None:
                         mask = target != data.ignore_label
+                    if acw is not None:
+                        loss_fn.class_weights = acw.weights.to(device)
                     with torch.autocast(device.type, enabled=use_amp):
                         logits = ddp_model(img)
                     if isinstance(logits, list | tuple):  # deep supervision (L6)
@@ -298,6 +335,9 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
+                    if acw is not None:
+                        full = logits[0] if isinstance(logits, list | tuple) else logits
+                        acw.update(torch.softmax(full.detach().float(), 1), target, mask)
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         raise FloatingPointError(
@@ -327,7 +367,12 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             if do_val and info.is_main:
                 val = validate(model, data, cfg, device)
             barrier(info)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
+            weights = {}
+            if acw is not None:
+                acw.end_epoch()
+                weights = {f"weight_{data.class_names[c]}": float(w)
+                           for c, w in enumerate(acw.weights)}
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **weights,
                    "data_wait_fraction": wait / max(t_train, 1e-9),
                    "epoch_seconds": time.perf_counter() - t0, **val}
             history.append(row)
@@ -348,6 +393,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                 }
                 if use_amp:
                     state["scaler"] = scaler.state_dict()
+                if acw is not None:
+                    state["class_weights_state"] = acw.state_dict()
                 atomic_torch_save(state, last_path)
                 if is_best or not data.val_images:
                     atomic_torch_save(state, out / BEST_NAME)
@@ -357,6 +404,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             eta = elapsed / done_here * (planned_epochs - epoch - 1)
             vtxt = "" if not val else "  val Dice " + " ".join(
                 f"{k[5:]}={v:.3f}" for k, v in val.items())
+            if weights:
+                vtxt += "  CE weights " + " ".join(f"{w:.1f}" for w in weights.values())
             say(f"  epoch {epoch + 1}/{planned_epochs}  loss {train_loss:.4f}{vtxt}  "
                 f"data-wait {row['data_wait_fraction']:.0%}  "
                 f"{row['epoch_seconds']:.1f}s  left ~{_fmt_time(eta)}")
