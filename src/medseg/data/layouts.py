@@ -9,7 +9,7 @@ Three entry points, all returning a :class:`SegDataset` (a list of cases plus th
     "./labelsTr/x.nii.gz"}]``, ``"test": ["./imagesTs/y.nii.gz"]``, ``"modality": {"0": "CT"}``,
     ``"labels": {"0": "background", "1": "liver"}`` (value -> name);
   - nnU-Net v2: ``"channel_names": {"0": "CT"}``, ``"labels": {"background": 0, "liver": 1}``
-    (name -> value), ``"file_ending": ".nii.gz"``, files ``imagesTr/{case}_{XXXX}{ending}`` one per
+    (name -> value), ``"file_ending": ".nii.gz"``, files ``imagesTr/{case}_{NNNN}{ending}`` one per
     channel and ``labelsTr/{case}{ending}``; an ``"ignore"`` label name, or an ``"ignore_label"``
     key, marks the unlabelled value (T5: sparse annotation, not background). An explicit
     ``"dataset"`` table ``{case: {"images": [...], "label": ...}}`` is honoured too.
@@ -272,7 +272,7 @@ def _require_files(files: list[Path], json_path: Path) -> None:
 
 
 def _scan_v2(folder: Path, ending: str, n_channels: int, json_path: Path) -> dict[str, list[Path]]:
-    """``{case: [channel files]}`` from ``{case}_{XXXX}{ending}`` names in ``folder``."""
+    """``{case: [channel files]}`` from ``{case}_{NNNN}{ending}`` names in ``folder``."""
     pat = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
     found: dict[str, dict[int, Path]] = {}
     stray: list[str] = []
@@ -288,7 +288,7 @@ def _scan_v2(folder: Path, ending: str, n_channels: int, json_path: Path) -> dic
         found.setdefault(m["case"], {})[int(m["ch"])] = p
     if stray:
         raise InputError(
-            f"{len(stray)} image file(s) are not named {{case}}_{{XXXX}}{ending} "
+            f"{len(stray)} image file(s) are not named {{case}}_{{NNNN}}{ending} "
             f"(e.g. {stray[0]})",
             folder / stray[0],
             "nnU-Net v2 layout needs one file per channel: rename e.g. case_001" + ending

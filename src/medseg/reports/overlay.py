@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from medseg.io.atomic import atomic_path  # noqa: E402
+from medseg.reports.figure import save_figure  # noqa: E402
 
 _COLOURS = np.array(
     [[0, 0, 0, 0], [0.1, 0.8, 0.2, 0.45], [0.95, 0.2, 0.2, 0.6], [0.2, 0.4, 1.0, 0.5],
@@ -79,10 +79,4 @@ def save_overlay(
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from medseg.io.atomic import atomic_path  # noqa: E402
+from medseg.reports.figure import save_figure  # noqa: E402
 
 
 def save_roc_curve(
@@ -52,10 +52,4 @@ def save_roc_curve(
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
