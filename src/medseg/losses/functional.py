@@ -215,6 +215,42 @@ def masked_cross_entropy(
     return terms.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
+def _dice_sums(
+    probs: torch.Tensor,
+    target_onehot: torch.Tensor,
+    mask: torch.Tensor | None,
+    include_background: bool,
+    pool_batch: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sum p y, sum p, sum y)`` per (sample,) class over observed voxels (T5).
+
+    The mask multiplies the probabilities and the one-hot target per voxel (after the
+    activation); class 0 is dropped when ``include_background`` is false; ``pool_batch`` sums
+    over the batch axis too. Shapes ``(B, C')``, or ``(C',)`` when pooled.
+    """
+    _check_logits(probs, "probs")
+    if tuple(target_onehot.shape) != tuple(probs.shape):
+        raise ValueError(
+            f"target_onehot shape {tuple(target_onehot.shape)} must equal probs shape "
+            f"{tuple(probs.shape)}; build it with medseg.losses.one_hot(labels, C, mask)"
+        )
+    batch, spatial = probs.shape[0], tuple(probs.shape[2:])
+    y = target_onehot.to(probs.dtype)
+    p = probs
+    m = as_mask(mask, spatial, batch, probs.dtype)
+    if m is not None:
+        p = p * m.unsqueeze(1)
+        y = y * m.unsqueeze(1)
+    if not include_background:
+        if probs.shape[1] < 2:
+            raise ValueError("include_background=False needs at least 2 channels")
+        p, y = p[:, 1:], y[:, 1:]
+    dims = tuple(range(2, p.ndim))
+    if pool_batch:
+        dims = (0, *dims)
+    return (p * y).sum(dim=dims), p.sum(dim=dims), y.sum(dim=dims)
+
+
 def soft_dice_loss(
     probs: torch.Tensor,
     target_onehot: torch.Tensor,
@@ -252,32 +288,10 @@ def soft_dice_loss(
     Returns:
         A scalar, or the per-(sample,) class losses for ``reduction="none"``.
     """
-    _check_logits(probs, "probs")
     _check_reduction(reduction)
-    if tuple(target_onehot.shape) != tuple(probs.shape):
-        raise ValueError(
-            f"target_onehot shape {tuple(target_onehot.shape)} must equal probs shape "
-            f"{tuple(probs.shape)}; build it with medseg.losses.one_hot(labels, C, mask)"
-        )
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (it keeps empty classes finite), got {eps}")
-    batch, spatial = probs.shape[0], tuple(probs.shape[2:])
-    y = target_onehot.to(probs.dtype)
-    p = probs
-    m = as_mask(mask, spatial, batch, probs.dtype)
-    if m is not None:
-        p = p * m.unsqueeze(1)
-        y = y * m.unsqueeze(1)
-    if not include_background:
-        if probs.shape[1] < 2:
-            raise ValueError("include_background=False needs at least 2 channels")
-        p, y = p[:, 1:], y[:, 1:]
-    dims = tuple(range(2, p.ndim))
-    if batch_dice:
-        dims = (0, *dims)
-    intersect = (p * y).sum(dim=dims)
-    s_p = p.sum(dim=dims)
-    s_y = y.sum(dim=dims)
+    intersect, s_p, s_y = _dice_sums(probs, target_onehot, mask, include_background, batch_dice)
     loss = 1.0 - (2.0 * intersect + eps) / (s_p + s_y + eps)
     if reduction == "none":
         return loss
@@ -748,30 +762,10 @@ def generalized_dice_loss(
     Returns:
         A scalar, or ``(B,)`` for ``reduction="none"``.
     """
-    _check_logits(probs, "probs")
     _check_reduction(reduction)
-    if tuple(target_onehot.shape) != tuple(probs.shape):
-        raise ValueError(
-            f"target_onehot shape {tuple(target_onehot.shape)} must equal probs shape "
-            f"{tuple(probs.shape)}; build it with medseg.losses.one_hot(labels, C, mask)"
-        )
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    batch, spatial = probs.shape[0], tuple(probs.shape[2:])
-    y = target_onehot.to(probs.dtype)
-    p = probs
-    m = as_mask(mask, spatial, batch, probs.dtype)
-    if m is not None:
-        p = p * m.unsqueeze(1)
-        y = y * m.unsqueeze(1)
-    if not include_background:
-        if probs.shape[1] < 2:
-            raise ValueError("include_background=False needs at least 2 channels")
-        p, y = p[:, 1:], y[:, 1:]
-    dims = tuple(range(2, p.ndim))
-    intersect = (p * y).sum(dim=dims)
-    s_p = p.sum(dim=dims)
-    s_y = y.sum(dim=dims)
+    intersect, s_p, s_y = _dice_sums(probs, target_onehot, mask, include_background, False)
     if batch_dice:
         intersect, s_p, s_y = intersect.sum(0), s_p.sum(0), s_y.sum(0)
     w = generalized_dice_weights(s_y.detach())
