@@ -1,5 +1,11 @@
 """Building blocks shared by the networks, written once for 1D/2D/3D (``spatial_dims``)."""
 
+from medseg.layers.attention import (
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    TransformerBlock,
+    attention_cost,
+)
 from medseg.layers.conv import (
     UPSAMPLE_MODES,
     ConvBlock,
@@ -9,6 +15,7 @@ from medseg.layers.conv import (
     as_tuple,
     same_padding,
 )
+from medseg.layers.dilated import DilatedConv, effective_kernel_size
 from medseg.layers.factories import (
     ACTS,
     NORMS,
@@ -19,6 +26,13 @@ from medseg.layers.factories import (
     dropout_nd,
     maxpool_nd,
     norm_layer,
+)
+from medseg.layers.receptive_field import (
+    EmpiricalRF,
+    RFStep,
+    empirical_receptive_field,
+    module_receptive_field,
+    receptive_field,
 )
 
 __all__ = [
@@ -38,4 +52,15 @@ __all__ = [
     "maxpool_nd",
     "norm_layer",
     "same_padding",
+    "DilatedConv",
+    "EmpiricalRF",
+    "MultiHeadSelfAttention",
+    "PatchEmbedding",
+    "RFStep",
+    "TransformerBlock",
+    "attention_cost",
+    "effective_kernel_size",
+    "empirical_receptive_field",
+    "module_receptive_field",
+    "receptive_field",
 ]
