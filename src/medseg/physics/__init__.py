@@ -22,3 +22,27 @@ __all__ = [
     "us_speckle",
     "write_phantom_dataset",
 ]
+from medseg.physics.likelihoods import gamma_nll, gaussian_hetero_nll, poisson_nll, rician_nll
+from medseg.physics.tv import homomorphic_tv_despeckle, total_variation, tv_denoise
+from medseg.physics.vst import (
+    anscombe,
+    anscombe_expectation,
+    inverse_anscombe_algebraic,
+    inverse_anscombe_asymptotic,
+    inverse_anscombe_unbiased,
+)
+
+__all__ += [
+    "anscombe",
+    "anscombe_expectation",
+    "gamma_nll",
+    "gaussian_hetero_nll",
+    "homomorphic_tv_despeckle",
+    "inverse_anscombe_algebraic",
+    "inverse_anscombe_asymptotic",
+    "inverse_anscombe_unbiased",
+    "poisson_nll",
+    "rician_nll",
+    "total_variation",
+    "tv_denoise",
+]
