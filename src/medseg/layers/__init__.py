@@ -1,5 +1,6 @@
 """Building blocks shared by the networks, written once for 1D/2D/3D (``spatial_dims``)."""
 
+from medseg.layers.aspp import ASPP
 from medseg.layers.attention import (
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -36,6 +37,7 @@ from medseg.layers.receptive_field import (
 )
 
 __all__ = [
+    "ASPP",
     "ACTS",
     "NORMS",
     "UPSAMPLE_MODES",

@@ -4,6 +4,7 @@ Importing this package imports every network module so that they register themse
 """
 
 from medseg.networks.classifier import ResNetClassifier
+from medseg.networks.deeplab import DeepLabV3Plus as DeepLabV3Plus
 from medseg.networks.registry import (
     create_model,
     list_models,
@@ -13,6 +14,8 @@ from medseg.networks.registry import (
     register_model,
 )
 from medseg.networks.unet import UNet, unet_feature_channels
+from medseg.networks.unetpp import UNetPlusPlus as UNetPlusPlus
+from medseg.networks.vit import ViTClassifier as ViTClassifier
 
 __all__ = [
     "ResNetClassifier",
