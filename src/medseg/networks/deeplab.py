@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from medseg.layers.aspp import ASPP
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import act_layer, conv_nd, dropout_nd, norm_layer
+from medseg.layers.init import init_he
 from medseg.networks.registry import register_model
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -207,7 +208,7 @@ class DeepLabV3Plus(nn.Module):
             refine["dropout"] = dropout_nd(spatial_dims)(dropout)
         self.decoder = nn.Sequential(refine)
         self.head = conv_nd(spatial_dims)(decoder_channels, num_classes, kernel_size=1)
-        self.apply(_init_he)
+        self.apply(init_he)
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
@@ -284,10 +285,3 @@ class DeepLabV3Plus(nn.Module):
         logits = F.interpolate(logits, size=padded, mode=mode, align_corners=False)
         return logits[(..., *(slice(0, s) for s in spatial))]
 
-
-def _init_he(module: nn.Module) -> None:
-    """He (Kaiming normal) initialisation of every convolution, zero biases."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        nn.init.kaiming_normal_(module.weight, a=0.01)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from medseg.layers.conv import ConvBlock, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd, maxpool_nd
+from medseg.layers.init import init_he
 from medseg.networks.registry import register_model
 
 DROPOUT_WHERE = ("decoder", "bottleneck", "all")
@@ -188,7 +189,7 @@ class UNet(nn.Module):
             conv_nd(spatial_dims)(channels[level], num_classes, kernel_size=1)
             for level in range(1, n_levels - 1)
         ) if deep_supervision else nn.ModuleList()
-        self.apply(_init_he)
+        self.apply(init_he)
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
@@ -281,10 +282,3 @@ class UNet(nn.Module):
             outputs.append(logits)
         return outputs
 
-
-def _init_he(module: nn.Module) -> None:
-    """He initialisation for LeakyReLU(0.01) (nnU-Net's ``InitWeights_He``)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        nn.init.kaiming_normal_(module.weight, a=0.01)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

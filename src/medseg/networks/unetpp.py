@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from medseg.layers.conv import ConvBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
+from medseg.layers.init import init_he
 from medseg.networks.registry import register_model
 
 
@@ -140,7 +141,7 @@ class UNetPlusPlus(nn.Module):
             conv_nd(spatial_dims)(channels[0], num_classes, kernel_size=1)
             for _ in range(self.num_heads)
         )
-        self.apply(_init_he)
+        self.apply(init_he)
 
     @property
     def prune_depth(self) -> int | None:
@@ -236,10 +237,3 @@ class UNetPlusPlus(nn.Module):
             return outs
         return torch.stack(outs).mean(dim=0)
 
-
-def _init_he(module: nn.Module) -> None:
-    """He initialisation for LeakyReLU(0.01) (nnU-Net's ``InitWeights_He``)."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        nn.init.kaiming_normal_(module.weight, a=0.01)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
