@@ -284,4 +284,3 @@ class DeepLabV3Plus(nn.Module):
         padded = self.valid_size(spatial)
         logits = F.interpolate(logits, size=padded, mode=mode, align_corners=False)
         return logits[(..., *(slice(0, s) for s in spatial))]
-

@@ -281,4 +281,3 @@ class UNet(nn.Module):
                 logits = logits[(..., *(slice(0, c) for c in crop))]
             outputs.append(logits)
         return outputs
-

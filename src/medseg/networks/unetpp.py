@@ -236,4 +236,3 @@ class UNetPlusPlus(nn.Module):
         if self.training:
             return outs
         return torch.stack(outs).mean(dim=0)
-
