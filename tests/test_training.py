@@ -123,6 +123,26 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_ctrl_c_during_save_finishes_the_write_then_interrupts(tmp_path, monkeypatch):
+    """A real SIGINT inside torch.save: the new file lands whole, then KeyboardInterrupt."""
+    import os
+    import signal
+
+    path = tmp_path / "c.pt"
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now; deferred by atomic_torch_save
+        real_save(obj, f)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_mod.atomic_torch_save({"model": {"w": torch.full((3,), 7.0)}}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.full((3,), 7.0))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     p = tmp_path / "checkpoint_best.pt"
     p.write_bytes(b"not a checkpoint")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,27 @@ def refuse_source_overwrite(dest: Path, sources: Iterable[Path]) -> None:
                 dest,
                 "write to another path (medseg never modifies its inputs)",
             )
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the body finishes, then raise ``KeyboardInterrupt``.
+
+    A library writer interrupted half-way (``torch.save``'s zip writer, for one) can raise a
+    different error from its cleanup and hide the interrupt; deferring it makes a write either
+    complete or not start. Outside the main thread signals cannot be handled, so this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path, atomic_write_text
+from medseg.io.atomic import atomic_path, atomic_write_text, deferred_interrupt
 
 CONFIG_NAME = "config.yaml"
 PLAN_NAME = "plan.json"
@@ -34,9 +34,10 @@ LOG_NAME = "train_log.csv"
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temp file in the destination folder, fsync, then ``os.replace``.
 
-    A crash or Ctrl-C during the write leaves the previous file at ``path`` intact.
+    A crash during the write leaves the previous file at ``path`` intact; Ctrl-C during the
+    write is held back until the new file is in place, then raised as ``KeyboardInterrupt``.
     """
-    with atomic_path(Path(path), ".tmp") as tmp:
+    with deferred_interrupt(), atomic_path(Path(path), ".tmp") as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
