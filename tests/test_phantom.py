@@ -169,3 +169,84 @@ def test_write_phantom_dataset_layout_reuse_and_refusal(tmp_path):
     with pytest.raises(InputError, match="other files"):
         write_phantom_dataset(out, 1, 0, 2, (32, 32), "ct")
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------- physics options of the simulator
+
+
+def test_ct_phantom_goes_through_the_sinogram():
+    from medseg.physics import simulate_phantom
+
+    case = simulate_phantom(2, (64, 64), "ct", seed=3)
+    noise = case.info["noise"]
+    assert noise["model"] == "sinogram_poisson_fbp" and noise["n_angles"] == 101
+    organ = ndi.binary_erosion(case.label == 1, iterations=2)
+    # the dose is set for 10 HU mean-pixel noise (delta method, see ct.fbp_noise_std_hu)
+    assert (case.image - case.clean)[organ].std() == pytest.approx(10.0, rel=0.2)
+    assert noise["sigma_hu_mean"] == pytest.approx(10.0)
+    # 4x the dose halves the noise; explicit dose is recorded
+    hi = simulate_phantom(2, (64, 64), "ct", seed=3, dose=4 * noise["photons_per_ray"])
+    ratio = (case.image - case.clean)[organ].std() / (hi.image - hi.clean)[organ].std()
+    assert ratio == pytest.approx(2.0, rel=0.1)
+    assert hi.info["noise"]["photons_per_ray"] == pytest.approx(4 * noise["photons_per_ray"])
+    # same anatomy whatever the noise model; the per-voxel model is still there
+    pv = simulate_phantom(2, (64, 64), "ct", seed=3, ct_model="per_voxel")
+    np.testing.assert_array_equal(pv.label, case.label)
+    np.testing.assert_array_equal(pv.clean, case.clean)
+    assert pv.info["noise"]["model"] == "poisson_transmission"
+    quiet = simulate_phantom(2, (64, 64), "ct", seed=3, noise_level=0.0)
+    np.testing.assert_array_equal(quiet.image, quiet.clean)
+    with pytest.raises(ValueError, match="ct_model"):
+        simulate_phantom(2, (32, 32), "ct", ct_model="exact")
+    with pytest.raises(ValueError, match="dose"):
+        simulate_phantom(2, (32, 32), "ct", dose=0.0)
+
+
+def test_mr_kspace_undersampling_and_us_looks():
+    from medseg.physics import cartesian_line_mask, simulate_phantom
+
+    m = cartesian_line_mask(100, 4.0, 0.08, np.random.default_rng(0))
+    assert m.shape == (100,) and m.dtype == bool
+    centred = np.fft.fftshift(m)
+    assert centred[46:54].all()  # the 8 centre lines around k = 0 (index 50 once shifted)
+    assert m.mean() == pytest.approx(0.25, abs=0.08)
+    assert cartesian_line_mask(50, 1.0, 0.1, np.random.default_rng(0)).all()
+    with pytest.raises(ValueError, match="acceleration"):
+        cartesian_line_mask(50, 0.5, 0.1, np.random.default_rng(0))
+    # noise-free and fully sampled: the magnitude is the clean image; undersampled: aliasing
+    full = simulate_phantom(2, (64, 64), "mr", seed=2, mr_sigma=0.0)
+    np.testing.assert_allclose(full.image, full.clean, atol=1e-6)
+    und = simulate_phantom(2, (64, 64), "mr", seed=2, mr_sigma=0.0, acceleration=4.0)
+    np.testing.assert_array_equal(und.label, full.label)
+    err = float(np.abs(und.image - und.clean).mean())
+    assert err > 0.005
+    kept = und.info["noise"]["sampled_fraction"]
+    assert kept == pytest.approx(0.25, abs=0.08)
+    again = simulate_phantom(2, (64, 64), "mr", seed=2, mr_sigma=0.0, acceleration=4.0)
+    np.testing.assert_array_equal(und.image, again.image)
+    # US: fewer looks, stronger speckle (log domain std grows as L falls)
+    organ = None
+    stds = []
+    for looks in (1.0, 16.0):
+        c = simulate_phantom(2, (64, 64), "us", seed=1, looks=looks)
+        organ = ndi.binary_erosion(c.label == 1, iterations=2) if organ is None else organ
+        stds.append(float((c.image - c.clean)[organ].std()))
+        assert c.info["noise"]["looks"] == looks
+    assert stds[0] > 2.5 * stds[1]
+
+
+def test_write_phantom_dataset_clean_images(tmp_path):
+    out = write_phantom_dataset(tmp_path / "d", 2, 1, 2, (32, 32), "ct", 0.01, 5,
+                                write_clean=True)
+    js = json.loads((out / "dataset.json").read_text())
+    assert js["clean_images"]["training"] == "cleanTr"
+    assert js["medseg_phantom"]["params"]["write_clean"] is True
+    noisy, _ = read_image(out / "imagesTr" / "case_001_0000.nii.gz")
+    clean, _ = read_image(out / "cleanTr" / "case_001_0000.nii.gz")
+    lab, _ = read_label(out / "labelsTr" / "case_001.nii.gz")
+    assert (out / "cleanTs" / "case_002_0000.nii.gz").is_file()
+    assert noisy.shape == clean.shape == (1, 32, 32)
+    body = lab > 0
+    assert 3.0 < float((noisy - clean)[0][body].std()) < 30.0  # CT noise in HU, not zero
+    with pytest.raises(ValueError, match="square in-plane"):
+        write_phantom_dataset(tmp_path / "e", 1, 0, 2, (32, 32), "ct", spacing=(1.0, 2.0))

@@ -8,7 +8,8 @@
   heteroscedastic — larger where attenuation is high (bone, dense tissue) and small in air — which
   is the right *form*. It is not a tomographic simulation (no projection / filtered
   back-projection, so no noise correlation or streaks); the sinogram-domain simulator
-  (forward project, Poisson counts, reconstruct) is the exact version.
+  :func:`medseg.physics.ct.simulate_low_dose_ct` (forward project, Poisson counts, filtered
+  back-projection) is the exact version, used by the phantoms.
 * **MR** (P2) — :func:`mr_rician_noise`: i.i.d. Gaussian noise of std ``sigma`` is added to the
   real and imaginary parts of the complex signal and the magnitude is taken, so magnitude images
   are Rician (Rayleigh in the background, mean ``sigma sqrt(pi / 2)``). Gaussian noise is never
@@ -109,8 +110,9 @@ def us_speckle(intensity: np.ndarray, looks: float, rng: np.random.Generator) ->
     Returns:
         ``intensity * G`` with ``G ~ Gamma(shape=L, scale=1/L)`` (``E[G] = 1``), float64.
     """
-    if looks <= 0:
-        raise ValueError(f"looks must be positive, got {looks}")
+    if not looks >= 1:
+        raise ValueError(f"looks must be >= 1 (L = 1 is fully developed speckle; averaging "
+                         f"more looks only raises L), got {looks}")
     return intensity.astype(np.float64) * rng.gamma(looks, 1.0 / looks, size=intensity.shape)
 
 
@@ -144,8 +146,9 @@ def add_modality_noise(
         modality: ``"CT"``, ``"MR"`` or ``"US"`` (case-insensitive).
         rng: Random generator.
         level: Noise strength: CT std ``10 * level`` HU at water; MR ``sigma = 0.05 * level``
-            (relative to a unit-scale magnitude); US ``looks = 4 / level^2`` (speckle std in the
-            log domain grows linearly with ``level``), then log compression.
+            (relative to a unit-scale magnitude); US ``looks = max(4 / level^2, 1)`` (speckle
+            std in the log domain grows with ``level`` up to fully developed speckle, ``L = 1``),
+            then log compression.
         **kw: Passed to the modality's function (e.g. ``path_mm``, ``dynamic_range_db``).
 
     Returns:
@@ -159,6 +162,6 @@ def add_modality_noise(
     if m == "MR":
         return mr_rician_noise(clean, 0.05 * level, rng, **kw)
     if m == "US":
-        speck = us_speckle(clean, max(4.0 / level**2, 0.25), rng)
+        speck = us_speckle(clean, max(4.0 / level**2, 1.0), rng)
         return log_compress(speck, **kw)
     raise ValueError(f"no noise model for modality {modality!r}; use CT, MR or US")

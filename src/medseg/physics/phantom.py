@@ -11,14 +11,21 @@ field, and then corrupted with the modality's noise from :mod:`medseg.physics.no
 =========  =============================================  ==========================================
 modality   clean intensities                              noise at ``noise_level=1``
 =========  =============================================  ==========================================
-CT         air -1000 HU, body soft tissue ~ -40 HU,       Poisson transmission noise, 10 HU std at
-           organ 60 HU, lesion 120 HU (enhancing)         water (heteroscedastic)
-MR         air 0, body 0.35, organ 0.6, lesion 1.0        complex Gaussian sigma 0.05 -> Rician
-           (T2-bright), x bias field exp(0.15 f)
+CT         air -1000 HU, body soft tissue ~ -40 HU,       low-dose scan: Radon transform, Poisson
+           organ 60 HU, lesion 120 HU (enhancing)         counts, ramp FBP (``ct.py``); I0 set for
+                                                          10 HU std near the centre (streaky,
+                                                          correlated, heteroscedastic)
+MR         air 0, body 0.35, organ 0.6, lesion 1.0        complex Gaussian sigma 0.05 -> Rician;
+           (T2-bright), x bias field exp(0.15 f)          optional Cartesian k-space undersampling
 US         echo intensity in dB re reference: outside     Gamma(L, 1/L) speckle with L = 4, then
            -35, body -22, organ -15, lesion -27           60 dB log compression to 0..255
            (hypoechoic), x depth attenuation
 =========  =============================================  ==========================================
+
+Parameters per modality: ``dose`` (CT photons per ray), ``mr_sigma`` (MR), ``looks`` (US),
+``acceleration`` / ``center_fraction`` (MR k-space); :func:`simulate_phantom` also returns the
+noise-free image (the restoration target). The old per-voxel CT model stays available as
+``ct_model="per_voxel"``.
 
 The per-pixel lesion-to-organ contrast-to-noise ratio is about 4 to 6 for every modality at
 ``noise_level=1`` (organ texture and bias field included), so a small U-Net learns organ and lesion
@@ -32,7 +39,7 @@ import json
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,13 @@ from scipy import ndimage as ndi
 
 from medseg.errors import InputError
 from medseg.io.meta import ImageMeta
-from medseg.physics.noise import add_modality_noise, log_compress
+from medseg.physics.noise import (
+    MU_WATER_PER_MM,
+    ct_transmission_noise,
+    log_compress,
+    mr_rician_noise,
+    us_speckle,
+)
 
 MODALITIES = {"ct": "CT", "mr": "MR", "us": "US"}
 #: Clean intensities per modality (CT in HU, MR in arbitrary units, US in dB re the reference).
@@ -141,7 +154,101 @@ def _place_lesions(
     return lesion, placed
 
 
-def make_phantom(
+CT_MODELS = ("sinogram", "per_voxel")
+
+
+def cartesian_line_mask(n: int, acceleration: float, center_fraction: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Cartesian k-space undersampling mask over ``n`` phase-encode lines (FFT order).
+
+    The ``round(n * center_fraction)`` lines around ``k = 0`` are always kept; every other line
+    is kept with the probability that makes the expected kept total ``n / acceleration``
+    (random-line masks as in fastMRI's ``RandomMaskFunc``).
+
+    Args:
+        n: Lines along the undersampled axis.
+        acceleration: ``R >= 1``; 1 keeps everything.
+        center_fraction: Fully sampled share of the centre, in (0, 1].
+        rng: Random generator (deterministic by seed).
+
+    Returns:
+        Boolean mask ``(n,)`` in ``numpy.fft`` order (index 0 is ``k = 0``).
+
+    Raises:
+        ValueError: ``acceleration < 1`` or ``center_fraction`` outside (0, 1].
+    """
+    if not acceleration >= 1.0:
+        raise ValueError(f"acceleration must be >= 1 (1 = fully sampled), got {acceleration}")
+    if not 0.0 < center_fraction <= 1.0:
+        raise ValueError(f"center_fraction must lie in (0, 1], got {center_fraction}")
+    n_centre = max(1, int(round(n * center_fraction)))
+    centred = np.zeros(n, dtype=bool)
+    lo = (n - n_centre + 1) // 2
+    centred[lo:lo + n_centre] = True
+    prob = float(np.clip((n / acceleration - n_centre) / max(n - n_centre, 1), 0.0, 1.0))
+    centred |= rng.uniform(size=n) < prob
+    return np.fft.ifftshift(centred)
+
+
+def _ct_sinogram_noise(clean_hu: np.ndarray, rng: np.random.Generator, noise_level: float,
+                       dose: float | None, pixel_mm: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Low-dose CT through the sinogram, per axial slice (in-plane axes 0 and 1)."""
+    from medseg.physics.ct import (
+        default_angles,
+        fbp_noise_std_hu,
+        fbp_photons_for_sigma,
+        simulate_low_dose_ct,
+        sinogram_side,
+    )
+    from medseg.physics.hu import hu_to_mu
+
+    slices = clean_hu[..., None] if clean_hu.ndim == 2 else clean_hu
+    slices = np.ascontiguousarray(np.moveaxis(slices, 2, 0))  # (Z, X, Y)
+    h, w = slices.shape[1:]
+    # the object must lie in the inscribed circle for the circle geometry; otherwise pad
+    side = max(h, w)
+    rows = np.arange(h)[:, None] + (side - h) // 2 - side // 2
+    cols = np.arange(w)[None, :] + (side - w) // 2 - side // 2
+    outside = rows**2 + cols**2 > (side // 2 - 1) ** 2
+    circle = bool(np.all(slices[:, outside] <= -999.0))
+    n = sinogram_side(h, w, circle)
+    angles = default_angles(n)
+    mu = hu_to_mu(slices.astype(np.float64), MU_WATER_PER_MM)
+    centre_ray = float(np.median(np.concatenate([mu[:, h // 2, :].sum(axis=1),
+                                                 mu[:, :, w // 2].sum(axis=1)]))) * pixel_mm
+    photons = float(dose) if dose is not None else fbp_photons_for_sigma(
+        10.0 * noise_level, len(angles), n, centre_ray, pixel_mm, location="mean")
+    sim = simulate_low_dose_ct(slices, photons, angles, pixel_mm=pixel_mm, rng=rng,
+                               circle=circle)
+    noisy = np.moveaxis(sim.hu.numpy(), 0, 2)
+    noisy = noisy[..., 0] if clean_hu.ndim == 2 else noisy
+    info = {"model": "sinogram_poisson_fbp", "photons_per_ray": photons,
+            "n_angles": len(angles), "n_detectors": n, "filter": "ramp", "circle": circle,
+            "pixel_mm": pixel_mm,
+            "sigma_hu_mean": fbp_noise_std_hu(photons, len(angles), n, centre_ray, pixel_mm,
+                                              location="mean")}
+    return noisy, info
+
+
+@dataclass
+class PhantomCase:
+    """One simulated case.
+
+    Attributes:
+        image: Noisy image ``(*shape)`` float32 (HU for CT, a.u. for MR, 0..255 for US).
+        clean: The same image without noise (and, for MR, fully sampled) ``(*shape)`` float32:
+            the target of a restoration model.
+        label: ``(*shape)`` int64, 0 background, 1 organ, 2 lesion.
+        info: Description (modality, seed, fractions, lesion sizes, intensities, noise).
+    """
+
+    image: np.ndarray
+    clean: np.ndarray
+    label: np.ndarray
+    info: dict[str, Any]
+
+
+def simulate_phantom(
     spatial_dims: int,
     shape: Sequence[int],
     modality: str = "mr",
@@ -153,32 +260,16 @@ def make_phantom(
     deformation: float = 0.15,
     bias_strength: float = 0.15,
     blur_sigma: float = 0.6,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One phantom image with its label map.
-
-    Args:
-        spatial_dims: 2 or 3.
-        shape: Spatial shape.
-        modality: ``"ct"``, ``"mr"`` or ``"us"``.
-        lesion_fraction: Fraction of all voxels that are lesion (met to within one voxel).
-        n_lesions: Number of lesions (0 for none); the lesion volume is split among them with
-            random weights in [0.6, 1.4].
-        seed: Random seed (everything is deterministic by it).
-        noise_level: Noise strength (1 = defaults in the module table; 0 = noise-free).
-        organ_scale: Range of the organ's semi-axes as a fraction of the half field of view.
-        deformation: Amplitude of the radial deformation of the organ.
-        bias_strength: Amplitude of the smooth intensity field (MR: multiplicative ``exp``;
-            CT: ``10 HU * bias_strength / 0.15`` additive; US: depth attenuation in dB).
-        blur_sigma: Partial-volume blur of the clean image (voxels).
-
-    Returns:
-        ``image`` float32 ``(*shape)`` (HU for CT, a.u. for MR, 0..255 for US), ``label`` int64
-        ``(*shape)`` with values {0, 1, 2}, and a dict describing the phantom (modality, seed,
-        actual fractions, lesion sizes, intensities, noise).
-
-    Raises:
-        ValueError: bad arguments or lesions that do not fit inside the organ.
-    """
+    *,
+    dose: float | None = None,
+    ct_model: str = "sinogram",
+    pixel_mm: float = 1.0,
+    mr_sigma: float | None = None,
+    acceleration: float = 1.0,
+    center_fraction: float = 0.08,
+    looks: float | None = None,
+) -> PhantomCase:
+    """One phantom with its noise-free version and label map (see :func:`make_phantom`)."""
     mod = MODALITIES.get(modality.lower())
     if mod is None:
         raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
@@ -187,6 +278,18 @@ def make_phantom(
         raise ValueError(f"need {spatial_dims}D shape with sizes >= 8, got {shape}")
     if not 0.0 <= lesion_fraction < 0.2:
         raise ValueError(f"lesion_fraction must lie in [0, 0.2), got {lesion_fraction}")
+    if ct_model not in CT_MODELS:
+        raise ValueError(f"ct_model must be one of {CT_MODELS}, got {ct_model!r}")
+    if dose is not None and not dose > 0:
+        raise ValueError(f"dose (photons per ray I0) must be > 0, got {dose}")
+    if mr_sigma is not None and not mr_sigma >= 0:
+        raise ValueError(f"mr_sigma must be >= 0, got {mr_sigma}")
+    if looks is not None and not looks >= 1:
+        raise ValueError(f"looks must be >= 1 (L = 1 is fully developed speckle), got {looks}")
+    if not acceleration >= 1.0:
+        raise ValueError(f"acceleration must be >= 1 (1 = fully sampled), got {acceleration}")
+    if not pixel_mm > 0:
+        raise ValueError(f"pixel_mm must be > 0, got {pixel_mm}")
     rng = np.random.default_rng(seed)
     d = spatial_dims
     n_vox = int(np.prod(shape))
@@ -229,22 +332,49 @@ def make_phantom(
     noise_info: dict[str, Any] = {"level": noise_level}
     if mod == "CT":
         clean = clean + (10.0 * bias_strength / 0.15) * bias * body
-        image = add_modality_noise(clean, "CT", rng, noise_level)
-        noise_info.update(model="poisson_transmission", sigma_hu_water=10.0 * noise_level)
+        noisy = noise_level > 0 or dose is not None
+        if noisy and ct_model == "sinogram":
+            image, ct_info = _ct_sinogram_noise(clean, rng, noise_level, dose, pixel_mm)
+            noise_info.update(ct_info)
+        elif noisy:
+            sigma = 10.0 * noise_level
+            image = ct_transmission_noise(clean, rng, photons=dose,
+                                          sigma_hu_water=sigma if sigma > 0 else 10.0)
+            noise_info.update(model="poisson_transmission", sigma_hu_water=sigma,
+                              photons_per_ray=dose)
+        else:
+            image = clean
+            noise_info.update(model="none")
+        clean_out = clean
     elif mod == "MR":
         clean = clean * np.exp(bias_strength * bias)
-        image = add_modality_noise(clean, "MR", rng, noise_level)
-        noise_info.update(model="rician", sigma=0.05 * noise_level)
+        sigma = 0.05 * noise_level if mr_sigma is None else float(mr_sigma)
+        if acceleration == 1.0:
+            image = mr_rician_noise(clean, sigma, rng) if sigma > 0 else clean
+        else:
+            z = clean + 0j
+            if sigma > 0:
+                re = sigma * rng.standard_normal(clean.shape)
+                z = z + re + 1j * sigma * rng.standard_normal(clean.shape)
+            mask = cartesian_line_mask(shape[0], acceleration, center_fraction, rng)
+            k = np.fft.fftn(z, norm="ortho") * mask.reshape((-1,) + (1,) * (d - 1))
+            image = np.abs(np.fft.ifftn(k, norm="ortho"))
+            noise_info.update(acceleration=float(acceleration),
+                              center_fraction=float(center_fraction),
+                              sampled_fraction=float(mask.mean()), undersampled_axis=0)
+        noise_info.update(model="rician", sigma=sigma)
+        clean_out = clean
     else:
         depth = coords[0] * 0.5 + 0.5  # 0 at the transducer (first axis), 1 at the far end
         db = clean - bias_strength * 40.0 * (depth - 0.5) ** 2  # residual TGC error, mild
         intensity = 10.0 ** (db / 10.0)
-        if noise_level > 0:
-            image = add_modality_noise(intensity, "US", rng, noise_level, reference=1.0)
+        n_looks = looks if looks is not None else max(4.0 / max(noise_level, 1e-9) ** 2, 1.0)
+        if looks is not None or noise_level > 0:
+            image = log_compress(us_speckle(intensity, n_looks, rng), reference=1.0)
         else:
             image = log_compress(intensity, reference=1.0)
-        noise_info.update(model="gamma_speckle_log", looks=max(4.0 / max(noise_level, 1e-9) ** 2,
-                                                                0.25), dynamic_range_db=60.0)
+        noise_info.update(model="gamma_speckle_log", looks=n_looks, dynamic_range_db=60.0)
+        clean_out = log_compress(intensity, reference=1.0)
     info = {
         "modality": mod,
         "seed": int(seed),
@@ -256,7 +386,81 @@ def make_phantom(
         "intensity_unit": {"CT": "HU", "MR": "a.u.", "US": "grey 0-255"}[mod],
         "noise": noise_info,
     }
-    return image.astype(np.float32), label, info
+    return PhantomCase(np.asarray(image, dtype=np.float32), np.asarray(clean_out, np.float32),
+                       label, info)
+
+
+def make_phantom(
+    spatial_dims: int,
+    shape: Sequence[int],
+    modality: str = "mr",
+    lesion_fraction: float = 0.01,
+    n_lesions: int = 3,
+    seed: int = 0,
+    noise_level: float = 1.0,
+    organ_scale: tuple[float, float] = (0.45, 0.65),
+    deformation: float = 0.15,
+    bias_strength: float = 0.15,
+    blur_sigma: float = 0.6,
+    *,
+    dose: float | None = None,
+    ct_model: str = "sinogram",
+    pixel_mm: float = 1.0,
+    mr_sigma: float | None = None,
+    acceleration: float = 1.0,
+    center_fraction: float = 0.08,
+    looks: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One phantom image with its label map.
+
+    Axis convention: array axes follow :class:`ImageMeta` (axis 0 = x, 1 = y, 2 = z for a
+    diagonal affine), so a 3D CT phantom is simulated per axial slice ``image[:, :, k]`` (in-plane
+    axes 0 and 1). The US transducer sits at the low end of axis 0; MR undersamples along axis 0
+    (the phase-encode direction).
+
+    Args:
+        spatial_dims: 2 or 3.
+        shape: Spatial shape.
+        modality: ``"ct"``, ``"mr"`` or ``"us"``.
+        lesion_fraction: Fraction of all voxels that are lesion (met to within one voxel).
+        n_lesions: Number of lesions (0 for none); the lesion volume is split among them with
+            random weights in [0.6, 1.4].
+        seed: Random seed (everything is deterministic by it).
+        noise_level: Noise strength (1 = defaults in the module table; 0 = noise-free unless a
+            dose / sigma / looks is given explicitly).
+        organ_scale: Range of the organ's semi-axes as a fraction of the half field of view.
+        deformation: Amplitude of the radial deformation of the organ.
+        bias_strength: Amplitude of the smooth intensity field (MR: multiplicative ``exp``;
+            CT: ``10 HU * bias_strength / 0.15`` additive; US: depth attenuation in dB).
+        blur_sigma: Partial-volume blur of the clean image (voxels).
+        dose: CT photons per ray ``I0``; default: the dose that gives ``10 * noise_level`` HU
+            noise std in a typical pixel near the centre of the reconstruction (see
+            :func:`medseg.physics.ct.fbp_photons_for_sigma`).
+        ct_model: ``"sinogram"`` (forward project, Poisson counts, FBP; default) or
+            ``"per_voxel"`` (:func:`medseg.physics.noise.ct_transmission_noise`, no tomography).
+        pixel_mm: In-plane pixel size for the CT projection (sets the line integrals).
+        mr_sigma: MR noise std per real/imaginary part (default ``0.05 * noise_level``; organ
+            signal is 0.6, so SNR = ``0.6 / mr_sigma``).
+        acceleration: MR Cartesian undersampling factor ``R`` (1 = fully sampled); zero-filled
+            reconstruction, see :func:`cartesian_line_mask`.
+        center_fraction: Fully sampled k-space centre when ``acceleration > 1``.
+        looks: US speckle looks ``L`` (default ``4 / noise_level^2``).
+
+    Returns:
+        ``image`` float32 ``(*shape)`` (HU for CT, a.u. for MR, 0..255 for US), ``label`` int64
+        ``(*shape)`` with values {0, 1, 2}, and a dict describing the phantom (modality, seed,
+        actual fractions, lesion sizes, intensities, noise). :func:`simulate_phantom` also
+        returns the noise-free image.
+
+    Raises:
+        ValueError: bad arguments or lesions that do not fit inside the organ.
+    """
+    case = simulate_phantom(spatial_dims, shape, modality, lesion_fraction, n_lesions, seed,
+                            noise_level, organ_scale, deformation, bias_strength, blur_sigma,
+                            dose=dose, ct_model=ct_model, pixel_mm=pixel_mm, mr_sigma=mr_sigma,
+                            acceleration=acceleration, center_fraction=center_fraction,
+                            looks=looks)
+    return case.image, case.label, case.info
 
 
 def _is_phantom_folder(out: Path) -> dict[str, Any] | None:
@@ -280,7 +484,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-_SUBDIRS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+_SUBDIRS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "cleanTr", "cleanTs")
 
 
 def _clear_previous_phantom(out: Path) -> None:
@@ -319,6 +523,14 @@ def write_phantom_dataset(
     spacing: Sequence[float] | None = None,
     noise_level: float = 1.0,
     n_lesions: int = 3,
+    *,
+    dose: float | None = None,
+    ct_model: str = "sinogram",
+    mr_sigma: float | None = None,
+    acceleration: float = 1.0,
+    center_fraction: float = 0.08,
+    looks: float | None = None,
+    write_clean: bool = False,
 ) -> Path:
     """Write an nnU-Net v2 style phantom dataset.
 
@@ -344,6 +556,14 @@ def write_phantom_dataset(
         spacing: Voxel size in mm (default 1 mm per axis).
         noise_level: See :func:`make_phantom`.
         n_lesions: Lesions per case.
+        dose: CT photons per ray (see :func:`make_phantom`).
+        ct_model: ``"sinogram"`` or ``"per_voxel"``.
+        mr_sigma: MR noise std (see :func:`make_phantom`).
+        acceleration: MR k-space undersampling factor.
+        center_fraction: MR fully sampled k-space centre.
+        looks: US speckle looks.
+        write_clean: Also write the noise-free images to ``cleanTr/`` (and ``cleanTs/``), named
+            like the images: the targets of a restoration model.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -361,11 +581,17 @@ def write_phantom_dataset(
     spacing_t = tuple(float(s) for s in (spacing if spacing is not None else [1.0] * len(shape)))
     if len(spacing_t) != len(shape) or len(shape) != spatial_dims:
         raise ValueError(f"shape {shape} and spacing {spacing_t} must have {spatial_dims} entries")
+    if mod == "CT" and ct_model == "sinogram" and spacing_t[0] != spacing_t[1]:
+        raise ValueError(f"the CT sinogram simulator needs square in-plane pixels (spacing of "
+                         f"axes 0 and 1 equal), got {spacing_t}")
+    options: dict[str, Any] = {"dose": dose, "ct_model": ct_model, "mr_sigma": mr_sigma,
+                               "acceleration": float(acceleration),
+                               "center_fraction": float(center_fraction), "looks": looks}
     params = {
         "n_train": int(n_train), "n_test": int(n_test), "spatial_dims": int(spatial_dims),
         "shape": list(shape), "modality": mod, "lesion_fraction": float(lesion_fraction),
         "seed": int(seed), "spacing": list(spacing_t), "noise_level": float(noise_level),
-        "n_lesions": int(n_lesions),
+        "n_lesions": int(n_lesions), **options, "write_clean": bool(write_clean),
     }
     ending = ".nii.gz"
     train_ids = [f"case_{i:03d}" for i in range(n_train)]
@@ -374,6 +600,9 @@ def write_phantom_dataset(
              + [out / "labelsTr" / f"{c}{ending}" for c in train_ids]
              + [out / "imagesTs" / f"{c}_0000{ending}" for c in test_ids]
              + [out / "labelsTs" / f"{c}{ending}" for c in test_ids])
+    if write_clean:
+        files += ([out / "cleanTr" / f"{c}_0000{ending}" for c in train_ids]
+                  + [out / "cleanTs" / f"{c}_0000{ending}" for c in test_ids])
 
     if out.exists() and not out.is_dir():
         raise InputError("output path is a file", out, "choose a folder for the phantom dataset")
@@ -403,6 +632,9 @@ def write_phantom_dataset(
         "tensorImageSize": f"{spatial_dims}D",
         _MARKER: {"params": params, "complete": False},
     }
+    if write_clean:
+        dataset["clean_images"] = {"training": "cleanTr", "test": "cleanTs",
+                                   "description": "noise-free images named like imagesTr/Ts"}
     _write_json_atomic(out / "dataset.json", dataset)  # marks the folder as ours first
 
     seeds = np.random.SeedSequence(seed).spawn(n_train + n_test)
@@ -410,13 +642,17 @@ def write_phantom_dataset(
     case_info = {}
     for i, cid in enumerate(train_ids + test_ids):
         case_seed = int(seeds[i].generate_state(1)[0])
-        img, lab, info = make_phantom(spatial_dims, shape, modality, lesion_fraction, n_lesions,
-                                      case_seed, noise_level)
-        split = ("imagesTr", "labelsTr") if i < n_train else ("imagesTs", "labelsTs")
-        write_image(out / split[0] / f"{cid}_0000{ending}", img[None], meta)
-        write_label(out / split[1] / f"{cid}{ending}", lab, replace(meta, dtype="uint8"))
+        case = simulate_phantom(spatial_dims, shape, modality, lesion_fraction, n_lesions,
+                                case_seed, noise_level, pixel_mm=spacing_t[0], **options)
+        info = case.info
+        split = ("imagesTr", "labelsTr", "cleanTr") if i < n_train else ("imagesTs", "labelsTs",
+                                                                          "cleanTs")
+        write_image(out / split[0] / f"{cid}_0000{ending}", case.image[None], meta)
+        write_label(out / split[1] / f"{cid}{ending}", case.label, replace(meta, dtype="uint8"))
+        if write_clean:
+            write_image(out / split[2] / f"{cid}_0000{ending}", case.clean[None], meta)
         case_info[cid] = {"seed": case_seed, "lesion_fraction": info["lesion_fraction"],
-                          "organ_fraction": info["organ_fraction"]}
+                          "organ_fraction": info["organ_fraction"], "noise": info["noise"]}
     dataset[_MARKER] = {"params": params, "complete": True, "cases": case_info}
     _write_json_atomic(out / "dataset.json", dataset)
     return out

@@ -44,7 +44,12 @@ def anscombe(x: torch.Tensor) -> torch.Tensor:
 
     Returns:
         Transformed values, same shape; unit variance (approximately) for ``lambda >~ 4``.
+
+    Raises:
+        ValueError: a negative count (Poisson counts are >= 0).
     """
+    if x.numel() and float(x.min()) < 0:
+        raise ValueError(f"anscombe: counts must be >= 0, got a minimum of {float(x.min()):g}")
     return 2.0 * torch.sqrt(x + 0.375)
 
 
