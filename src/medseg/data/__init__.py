@@ -27,11 +27,14 @@ from medseg.data.layouts import (
 from medseg.data.preprocess import (
     ChannelNorm,
     PreprocessPlan,
+    channel_affine,
+    from_raw,
     make_plan,
     normalize_channel,
     preprocess_image,
     preprocess_label,
     restore_probabilities,
+    to_raw,
 )
 from medseg.data.sampler import PatchBatchLoader, PatchSampler, full_image_batches
 from medseg.data.validate import (
@@ -70,6 +73,9 @@ __all__ = [
     "make_plan",
     "modality_of_channel",
     "normalize_channel",
+    "channel_affine",
+    "from_raw",
+    "to_raw",
     "open_dataset",
     "preprocess_image",
     "preprocess_label",

@@ -14,7 +14,26 @@ each checkpoint), so a trained model can be applied anywhere without the trainin
     (US / PNG / XR). Since a z-score is invariant to positive affine maps this equals
     ``"zscore"`` up to rounding; the min-max step keeps the arithmetic well scaled for 8/16-bit
     inputs and documents the intent;
-  - ``"none"``: unchanged (nnU-Net's ``noNorm`` channels).
+  - ``"none"``: unchanged (nnU-Net's ``noNorm`` channels);
+  - ``"ct_vst"`` (P1, physics-aware, on request): clip as ``"ct"``, then the variance-stabilising
+    map of the per-voxel transmission model. A voxel of ``h`` HU leaves
+    ``lambda = I0 exp(-mu_w L (1 + h / 1000))`` photons and its HU noise has variance
+    ``~ 1 / lambda``, so ``g(h) = 2 sqrt(lambda)`` (Anscombe on the expected counts) makes it
+    constant. Normalised as ``u = (1 - exp(-a (h - mean))) / (a std)`` with
+    ``a = mu_w L / 2000`` per HU — an affine image of ``-g``, equal to the ``"ct"`` z-score to
+    first order around the dataset mean, compressing dense (photon-starved, noisy) values and
+    stretching low-attenuation ones; ``I0`` cancels;
+  - ``"log_zscore"`` (P3, physics-aware, on request): ``log(max(x, eps))`` then per-image
+    z-score — the homomorphic map that makes multiplicative speckle additive and
+    signal-independent. For linear echo intensity / envelope data only: B-mode images (8-bit
+    PNG, DICOM US) are already log-compressed by the scanner and keep ``"minmax_zscore"``.
+
+``PreprocessConfig.physics`` (``"auto"`` normalisation) picks ``"ct_vst"`` for CT channels and
+``"log_zscore"`` for US channels named as linear data (``envelope``/``intensity`` in the channel
+name). Every scheme is ``u = (phi(x) - offset) / scale`` with a fixed monotone ``phi`` and a
+per-case affine pair (:func:`channel_affine`); :func:`to_raw` / :func:`from_raw` invert and
+re-apply it on batches, which is how the physically correct noise augmentation
+(:mod:`medseg.transforms.physics_noise`) works in the raw domain (HU, magnitude, intensity).
 
 Order of operations follows nnU-Net: normalise on the original grid, then resample (linear for
 images, nearest-neighbour for labels: no new label value appears and the ignore label is kept).
@@ -48,8 +67,12 @@ from medseg.transforms.resample import (
     spacing_after_resample,
 )
 
-SCHEMES = ("ct", "zscore", "minmax_zscore", "none")
+SCHEMES = ("ct", "ct_vst", "zscore", "minmax_zscore", "log_zscore", "none")
 _EPS = 1e-8
+#: Floor of linear intensities before the log of ``"log_zscore"``.
+LOG_EPS = 1e-6
+#: Linear attenuation of water per mm (the per-voxel transmission model's, see physics.noise).
+_MU_WATER_PER_MM = 0.0192
 
 #: Modality -> normalisation chosen by ``normalization="auto"``.
 AUTO_SCHEME = {
@@ -61,17 +84,24 @@ AUTO_SCHEME = {
     "other": "zscore",
 }
 
+#: Modality -> physics-aware scheme chosen when ``physics=True`` (see the module docstring).
+PHYSICS_SCHEME = {"CT": "ct_vst", "US": "log_zscore"}
+
 
 @dataclass
 class ChannelNorm:
     """Normalisation of one input channel.
 
     Attributes:
-        scheme: ``"ct"``, ``"zscore"``, ``"minmax_zscore"`` or ``"none"``.
-        clip_low: Lower clip value (``"ct"`` only): dataset foreground 0.5th percentile.
-        clip_high: Upper clip value (``"ct"`` only): dataset foreground 99.5th percentile.
-        mean: Dataset foreground mean (``"ct"`` only).
-        std: Dataset foreground standard deviation (``"ct"`` only).
+        scheme: One of :data:`SCHEMES`.
+        clip_low: Lower clip value (``"ct"``, ``"ct_vst"``): dataset foreground 0.5th percentile.
+        clip_high: Upper clip value (``"ct"``, ``"ct_vst"``): foreground 99.5th percentile.
+        mean: Dataset foreground mean (``"ct"``, ``"ct_vst"``), HU.
+        std: Dataset foreground standard deviation (``"ct"``, ``"ct_vst"``), HU.
+        modality: The channel's modality (``"CT"``, ``"MR"``, ``"US"`` ...), recorded so that
+            prediction can refuse an input of another modality and augmentation can pick the
+            channel's noise model.
+        path_mm: Ray length ``L`` of the ``"ct_vst"`` transmission model (mm of water).
     """
 
     scheme: str
@@ -79,15 +109,18 @@ class ChannelNorm:
     clip_high: float | None = None
     mean: float | None = None
     std: float | None = None
+    modality: str | None = None
+    path_mm: float = 200.0
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ConfigError(
                 f"unknown normalisation scheme {self.scheme!r}", None, f"use one of {SCHEMES}"
             )
-        if self.scheme == "ct" and None in (self.clip_low, self.clip_high, self.mean, self.std):
+        if self.scheme in ("ct", "ct_vst") and None in (self.clip_low, self.clip_high, self.mean,
+                                                        self.std):
             raise ConfigError(
-                "the 'ct' normalisation needs clip_low, clip_high, mean and std",
+                f"the {self.scheme!r} normalisation needs clip_low, clip_high, mean and std",
                 None,
                 "build the plan with make_plan from a validated dataset",
             )
@@ -155,7 +188,7 @@ class PreprocessPlan:
         if unknown:
             raise ConfigError(f"unknown preprocessing plan keys {unknown}", None,
                               f"known keys: {sorted(known)}")
-        norm_keys = {"scheme", "clip_low", "clip_high", "mean", "std"}
+        norm_keys = {"scheme", "clip_low", "clip_high", "mean", "std", "modality", "path_mm"}
         for n in d.get("normalization", []):
             if isinstance(n, ChannelNorm):
                 continue
@@ -179,6 +212,7 @@ def make_plan(
     normalization: str | dict[Any, str] = "auto",
     spacing_rtol: float = 0.02,
     label_interpolation: str = "nearest",
+    physics: bool = False,
 ) -> PreprocessPlan:
     """Plan the preprocessing from a validated dataset.
 
@@ -195,6 +229,9 @@ def make_plan(
             ``"auto"``).
         spacing_rtol: Tolerance for "spacings vary".
         label_interpolation: How labels are resampled.
+        physics: With ``"auto"``, use the physics-aware schemes (:data:`PHYSICS_SCHEME`): CT ->
+            ``"ct_vst"``; US -> ``"log_zscore"`` for channels named as linear data
+            (``envelope`` / ``intensity``), B-mode US channels are already in the log domain.
 
     Returns:
         The plan.
@@ -222,6 +259,10 @@ def make_plan(
             schemes.append("none")
         elif low == "rescale_to_0_1":
             schemes.append("minmax_zscore")
+        elif physics and mod == "CT":
+            schemes.append(PHYSICS_SCHEME["CT"])
+        elif physics and mod == "US" and ("envelope" in low or "intensity" in low):
+            schemes.append(PHYSICS_SCHEME["US"])
         else:
             schemes.append(AUTO_SCHEME.get(mod, "zscore"))
     if isinstance(normalization, dict):
@@ -249,12 +290,13 @@ def make_plan(
 
     norms: list[ChannelNorm] = []
     for c, scheme in enumerate(schemes):
-        if scheme == "ct":
+        mod = ds.modalities[c]
+        if scheme in ("ct", "ct_vst"):
             st = summary.intensity[c]
-            norms.append(ChannelNorm("ct", st.percentile_00_5, st.percentile_99_5, st.mean,
-                                     st.std))
+            norms.append(ChannelNorm(scheme, st.percentile_00_5, st.percentile_99_5, st.mean,
+                                     st.std, modality=mod))
         else:
-            norms.append(ChannelNorm(scheme))
+            norms.append(ChannelNorm(scheme, modality=mod))
     return PreprocessPlan(
         spatial_dims=summary.spatial_dims,
         target_spacing=spacing,
@@ -262,6 +304,55 @@ def make_plan(
         label_interpolation=label_interpolation,
         ignore_label=ds.ignore_label,
     )
+
+
+def _vst_rate(norm: ChannelNorm) -> float:
+    """``a = mu_w L / 2000`` per HU of the ``"ct_vst"`` scheme."""
+    return _MU_WATER_PER_MM * norm.path_mm / 2000.0
+
+
+def _phi(x: np.ndarray, norm: ChannelNorm) -> np.ndarray:
+    """The fixed monotone map of a scheme before its affine part (float64)."""
+    if norm.scheme in ("ct", "ct_vst"):
+        assert norm.clip_low is not None and norm.clip_high is not None
+        x = np.clip(x, norm.clip_low, norm.clip_high)
+        if norm.scheme == "ct_vst":
+            assert norm.mean is not None
+            a = _vst_rate(norm)
+            x = -np.expm1(-a * (x - norm.mean)) / a
+        return x
+    if norm.scheme == "log_zscore":
+        return np.log(np.maximum(x, LOG_EPS))
+    return x
+
+
+def channel_affine(x: np.ndarray, norm: ChannelNorm) -> tuple[float, float]:
+    """The affine part of one channel's normalisation for this image.
+
+    Every scheme is ``u = (phi(x) - offset) / scale`` with a fixed monotone ``phi`` (clip for
+    ``"ct"``, the clip and stabilising map for ``"ct_vst"``, ``log`` for ``"log_zscore"``, the
+    identity otherwise) and ``scale, offset`` from the dataset (``"ct"``, ``"ct_vst"``) or from
+    this image (the per-image schemes).
+
+    Args:
+        x: ``(*spatial)`` raw intensities of one channel of one image.
+        norm: The channel's scheme.
+
+    Returns:
+        ``(scale, offset)``; ``scale > 0``.
+    """
+    if norm.scheme == "none":
+        return 1.0, 0.0
+    if norm.scheme in ("ct", "ct_vst"):
+        assert norm.mean is not None and norm.std is not None
+        return max(float(norm.std), _EPS), float(norm.mean) if norm.scheme == "ct" else 0.0
+    v = _phi(x.astype(np.float64, copy=False), norm)
+    if norm.scheme == "minmax_zscore":
+        lo, hi = float(v.min()), float(v.max())
+        span = max(hi - lo, _EPS)
+        m = (v - lo) / span
+        return max(float(m.std()), _EPS) * span, float(m.mean()) * span + lo
+    return max(float(v.std()), _EPS), float(v.mean())
 
 
 def normalize_channel(x: np.ndarray, norm: ChannelNorm) -> np.ndarray:
@@ -272,21 +363,67 @@ def normalize_channel(x: np.ndarray, norm: ChannelNorm) -> np.ndarray:
         norm: The channel's scheme and statistics.
 
     Returns:
-        ``(*spatial)`` float32. Constant images map to 0 under the z-score schemes.
+        ``(*spatial)`` float32. Constant images map to 0 under the per-image schemes.
     """
     x = x.astype(np.float64, copy=False)
     if norm.scheme == "none":
-        out = x
-    elif norm.scheme == "ct":
+        return x.astype(np.float32)
+    scale, offset = channel_affine(x, norm)
+    return ((_phi(x, norm) - offset) / scale).astype(np.float32)
+
+
+def to_raw(u: torch.Tensor, norm: ChannelNorm, scale: torch.Tensor,
+           offset: torch.Tensor) -> torch.Tensor:
+    """Invert a channel's normalisation on a batch (to HU, magnitude, intensity ...).
+
+    Args:
+        u: ``(B, *spatial)`` normalised values of one channel.
+        norm: The channel's scheme.
+        scale: ``(B,)`` per-sample scales from :func:`channel_affine`.
+        offset: ``(B,)`` per-sample offsets.
+
+    Returns:
+        ``(B, *spatial)`` raw values. Clipped values (``"ct"``) come back at the clip bound;
+        ``"ct_vst"`` values beyond the map's range are held just inside it.
+    """
+    shape = (-1,) + (1,) * (u.ndim - 1)
+    v = u * scale.reshape(shape).to(u) + offset.reshape(shape).to(u)
+    if norm.scheme == "ct_vst":
+        assert norm.mean is not None
+        a = _vst_rate(norm)
+        return norm.mean - torch.log1p(-(a * v).clamp(max=1.0 - 1e-6)) / a
+    if norm.scheme == "log_zscore":
+        return torch.exp(v)
+    return v
+
+
+def from_raw(x: torch.Tensor, norm: ChannelNorm, scale: torch.Tensor,
+             offset: torch.Tensor) -> torch.Tensor:
+    """Re-apply a channel's normalisation with fixed per-sample ``scale``/``offset``.
+
+    The inverse of :func:`to_raw` (the statistics are not recomputed, so noise added in the raw
+    domain stays visible after re-normalisation).
+
+    Args:
+        x: ``(B, *spatial)`` raw values of one channel.
+        norm: The channel's scheme.
+        scale: ``(B,)`` per-sample scales.
+        offset: ``(B,)`` per-sample offsets.
+
+    Returns:
+        ``(B, *spatial)`` normalised values.
+    """
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    if norm.scheme in ("ct", "ct_vst"):
         assert norm.clip_low is not None and norm.clip_high is not None
-        assert norm.mean is not None and norm.std is not None
-        out = (np.clip(x, norm.clip_low, norm.clip_high) - norm.mean) / max(norm.std, _EPS)
-    else:
-        if norm.scheme == "minmax_zscore":
-            lo, hi = float(x.min()), float(x.max())
-            x = (x - lo) / max(hi - lo, _EPS)
-        out = (x - x.mean()) / max(float(x.std()), _EPS)
-    return out.astype(np.float32)
+        x = x.clamp(norm.clip_low, norm.clip_high)
+        if norm.scheme == "ct_vst":
+            assert norm.mean is not None
+            a = _vst_rate(norm)
+            x = -torch.expm1(-a * (x - norm.mean)) / a
+    elif norm.scheme == "log_zscore":
+        x = torch.log(x.clamp(min=LOG_EPS))
+    return (x - offset.reshape(shape).to(x)) / scale.reshape(shape).to(x)
 
 
 def _to_plan_grid(

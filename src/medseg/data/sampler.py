@@ -121,6 +121,7 @@ class PatchSampler:
                 table[c] = idx
             self.fg_indices.append(table)
         self.batches_drawn = 0
+        self.last_cases: list[int] = []
 
     # state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -183,13 +184,19 @@ class PatchSampler:
         return im, lb, case
 
     def sample_batch(self) -> Batch:
-        """One batch: image ``(B, C, *patch)`` float32, label ``(B, 1, *patch)`` int64."""
+        """One batch: image ``(B, C, *patch)`` float32, label ``(B, 1, *patch)`` int64.
+
+        The case index of each sample is left in :attr:`last_cases` (per-case augmentation such
+        as the physical noise model needs the case's normalisation).
+        """
         n_fg = self._n_forced()
-        ims, lbs = [], []
+        ims, lbs, cases = [], [], []
         for j in range(self.batch_size):
-            im, lb, _ = self.sample_patch(force_fg=j >= self.batch_size - n_fg)
+            im, lb, case = self.sample_patch(force_fg=j >= self.batch_size - n_fg)
             ims.append(im)
             lbs.append(lb)
+            cases.append(case)
+        self.last_cases = cases
         self.batches_drawn += 1
         return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(lbs)[:, None])
 

@@ -9,14 +9,15 @@ applies, in order:
    nearest label; padding with each sample's channel minimum for images, with ``label_pad`` for
    labels);
 2. mirroring per axis;
-3. Gaussian noise, Gaussian blur, multiplicative brightness, contrast, low-resolution simulation
-   and gamma (nnU-Net's order).
+3. noise, Gaussian blur, multiplicative brightness, contrast, low-resolution simulation and gamma
+   (nnU-Net's order). The noise step is additive Gaussian noise on the normalised intensities,
+   or a replacement given as ``noise`` (the physically correct per-modality models, see
+   :mod:`medseg.training.augmentation`).
 
 A sample not drawn for an operation is left bit-for-bit untouched (operations run on the drawn
 subset only), so a config with every probability 0 — or ``enabled=False`` — is the identity.
 Rotations act in voxel space; with strongly anisotropic voxels restrict them with
-``rotation_deg`` per axis (3D) or resample first. Noise here is generic Gaussian; the
-physics-correct per-modality noise lives in :mod:`medseg.physics.noise`.
+``rotation_deg`` per axis (3D) or resample first.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class AugmentConfig:
         p_flip: Probability of mirroring, per axis.
         flip_axes: Spatial axes that may be mirrored (``None`` = all).
         p_noise: Probability of additive Gaussian noise.
+        noise_model: ``"auto"``, ``"physics"`` or ``"gaussian"``: which noise the training run
+            uses (resolved by :func:`medseg.training.augmentation.resolve_noise_model`; the
+            augmenter itself adds Gaussian noise unless it is given a ``noise`` step).
         noise_std_range: Noise standard deviation range (intensities are normalised).
         p_blur: Probability of a Gaussian blur.
         blur_sigma_range: Blur sigma range in voxels.
@@ -70,6 +74,7 @@ class AugmentConfig:
     p_flip: float = 0.5
     flip_axes: tuple[int, ...] | None = None
     p_noise: float = 0.1
+    noise_model: str = "auto"
     noise_std_range: tuple[float, float] = (0.0, 0.1)
     p_blur: float = 0.2
     blur_sigma_range: tuple[float, float] = (0.5, 1.0)
@@ -97,6 +102,9 @@ class AugmentConfig:
             self.rotation_deg = tuple(float(a) for a in self.rotation_deg)
         if self.flip_axes is not None:
             self.flip_axes = tuple(int(a) for a in self.flip_axes)
+        if self.noise_model not in ("auto", "physics", "gaussian"):
+            raise ConfigError(f"augment.noise_model must be auto, physics or gaussian, got "
+                              f"{self.noise_model!r}")
 
     @classmethod
     def identity(cls) -> AugmentConfig:
@@ -136,16 +144,26 @@ class Augmenter:
         cfg: The configuration.
         spatial_dims: 2 or 3.
         seed: Seed of the augmenter's own ``torch.Generator``.
+        noise: Replaces the Gaussian noise step: ``noise(image, generator) -> image`` on the
+            whole batch ``(B, C, *spatial)`` after the spatial transforms, drawing from the
+            augmenter's generator (so its state, saved for resume, covers it).
 
     Example:
         >>> aug = Augmenter(AugmentConfig(), spatial_dims=2, seed=0)
         >>> img, lab = aug(torch.randn(2, 1, 64, 64), torch.zeros(2, 1, 64, 64, dtype=torch.long))
     """
 
-    def __init__(self, cfg: AugmentConfig, spatial_dims: int, seed: int = 0):
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        spatial_dims: int,
+        seed: int = 0,
+        noise: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.cfg = cfg
+        self.noise = noise
         self.spatial_dims = spatial_dims
         self.generator = torch.Generator().manual_seed(int(seed))
         rot = cfg.rotation_deg
@@ -253,14 +271,10 @@ class Augmenter:
     def _intensity(self, image: torch.Tensor) -> torch.Tensor:
         cfg, B = self.cfg, image.shape[0]
         g = self.generator
-        # noise
-        m = self._bern(cfg.p_noise, B)
-        std = self._uniform(cfg.noise_std_range, B)
-        if bool(m.any()):
-            def _noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-                n = torch.randn(x.shape, generator=g, dtype=x.dtype)
-                return TF.gaussian_noise(x, std[idx], n)
-            image = _apply_subset(m, image, _noise)
+        if self.noise is not None:
+            image = self.noise(image, g)
+        else:
+            image = self._gaussian_noise(image)
         # blur
         m = self._bern(cfg.p_blur, B)
         sig = self._uniform(cfg.blur_sigma_range, B)
@@ -290,4 +304,15 @@ class Augmenter:
             sel = m & (inv == flag)
             image = _apply_subset(sel, image,
                                   lambda x, idx, fl=flag: TF.gamma(x, gm[idx], invert=fl))
+        return image
+
+    def _gaussian_noise(self, image: torch.Tensor) -> torch.Tensor:
+        cfg, B, g = self.cfg, image.shape[0], self.generator
+        m = self._bern(cfg.p_noise, B)
+        std = self._uniform(cfg.noise_std_range, B)
+        if bool(m.any()):
+            def _noise(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+                n = torch.randn(x.shape, generator=g, dtype=x.dtype)
+                return TF.gaussian_noise(x, std[idx], n)
+            image = _apply_subset(m, image, _noise)
         return image
