@@ -1,0 +1,261 @@
+"""Instance segmentation workflows (T4 / A8): predict instances and evaluate them.
+
+* :func:`predict_instances` — a model trained with ``task: instance`` predicts background /
+  interior / boundary probabilities with sliding windows; the seeded watershed of
+  :mod:`medseg.instance.postprocess` turns them into instances. Per case it writes
+  ``<case>_instances.<ext>`` (an instance label map with the input's format and geometry: 16-bit
+  PNG / TIFF for 2D raster images, NIfTI for NIfTI / DICOM, NRRD for NRRD), plus
+  ``<case>_instances.csv`` and ``<case>_instances.json`` listing each instance's id, class,
+  score, area in voxels and, when the input has a physical voxel size (NIfTI, NRRD, DICOM),
+  its area in mm^2 (2D) or volume in mm^3 (3D).
+* :func:`evaluate_instance_folders` — scores ``*_instances.*`` predictions against a DSB2018
+  folder or a folder of instance label maps: per case and mean F1@0.5, AP@0.5, mAP 0.5:0.95,
+  PQ (:mod:`medseg.metrics.instance`), written atomically as ``metrics.json`` and
+  ``metrics.csv``.
+
+Colour inputs to a single-channel instance model are converted to grey (mean of the colour
+channels), as the DSB2018 loader does in training.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.data.instance import (
+    InstanceCase,
+    is_dsb_layout,
+    load_dsb2018,
+    read_instance_map,
+    to_grey,
+)
+from medseg.errors import InputError
+from medseg.instance import PostprocessParams, probs_to_instances
+from medseg.io import list_image_files, read_image, read_label, write_image
+from medseg.io.atomic import atomic_write_text
+from medseg.io.files import file_suffix
+from medseg.metrics.instance import (
+    INSTANCE_SUMMARY_KEYS,
+    evaluate_instances,
+    summarize_instances,
+    write_instance_metrics,
+)
+from medseg.workflows.predict import TrainedModel, _output_suffix, collect_inputs
+
+INSTANCE_SUFFIX = "_instances"
+_RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+INSTANCE_TABLE_COLUMNS = ("id", "class", "score", "area_voxels", "area_mm2", "volume_mm3")
+
+
+def _stem(p: Path) -> str:
+    suf = file_suffix(p)
+    return p.name[: -len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
+
+
+def _instance_inputs(path: Path, in_channels: int) -> list[tuple[str, Any]]:
+    if is_dsb_layout(path) or is_dsb_layout(path / "train"):
+        return [(c.case_id, c.image) for c in load_dsb2018(path).cases]
+    if (path / "images").is_dir():
+        path = path / "images"
+    return collect_inputs(path, in_channels)
+
+
+def instance_table(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                   spacing: tuple[float, ...] | None) -> list[dict[str, Any]]:
+    """One row per instance ``1..N`` of ``labels`` (areas in voxels and, with spacing, mm)."""
+    n = int(classes.size)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1]
+    vox = float(np.prod(spacing)) if spacing is not None else math.nan
+    rows = []
+    for i in range(n):
+        mm = float(areas[i]) * vox if spacing is not None else None
+        rows.append({"id": i + 1, "class": int(classes[i]), "score": round(float(scores[i]), 6),
+                     "area_voxels": int(areas[i]),
+                     "area_mm2": mm if labels.ndim == 2 else None,
+                     "volume_mm3": mm if labels.ndim == 3 else None})
+    return rows
+
+
+def _table_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(INSTANCE_TABLE_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in INSTANCE_TABLE_COLUMNS})
+    return buf.getvalue()
+
+
+def predict_instances(model: TrainedModel, input_path: str | Path, output_dir: str | Path,
+                      fmt: str = "auto", tta: bool | None = None, overlap: float | None = None,
+                      params: PostprocessParams | None = None,
+                      log: Callable[[str], None] = print) -> list[Path]:
+    """Predict the instances of every case under ``input_path``.
+
+    Args:
+        model: A model folder trained with ``task: instance``.
+        input_path: An image file, a folder of images, an ``images/`` + ``masks/`` folder or a
+            DSB2018 folder.
+        output_dir: Where ``<case>_instances.*`` files go.
+        fmt: Output format (``auto``: the input's; ``png`` / ``nii.gz`` / ``nrrd``).
+        tta: Flip test-time augmentation (default: the model's setting).
+        overlap: Sliding-window overlap (default: the model's setting).
+        params: Post-processing (default: the ``instance.postprocess`` block of ``plan.json``).
+
+    Returns:
+        The written instance label maps, in case order.
+
+    Raises:
+        InputError: the model is not an instance model, or a bad input (named).
+    """
+    if model.info.get("task") != "instance" or model.num_classes != 3:
+        raise InputError("not an instance segmentation model (plan.json task is "
+                         f"{model.info.get('task')!r})", model.folder,
+                         "train one with medseg train --task instance")
+    prm = params or PostprocessParams(**model.info.get("instance", {}).get("postprocess", {}))
+    out = Path(output_dir)
+    cin = int(model.info["in_channels"])
+    cases = _instance_inputs(Path(input_path), cin)
+    written = []
+    for i, (name, src) in enumerate(cases):
+        image, meta = read_image(src if not isinstance(src, list) else list(src))
+        if cin == 1 and image.shape[0] > 1:
+            image = to_grey(image)
+        probs = model.predict(image, meta, tta=tta, overlap=overlap)
+        inst = probs_to_instances(probs, prm)
+        labels = inst.to_label_map().numpy()
+        suffix = _output_suffix(src, fmt)
+        if suffix in _RASTER and labels.ndim == 3 and fmt == "png":
+            suffix = ".nii.gz"
+        dest = out / f"{name}{INSTANCE_SUFFIX}{suffix}"
+        if suffix in (".png", ".tif", ".tiff"):
+            if labels.max(initial=0) > 65535:
+                raise InputError(f"{int(labels.max())} instances do not fit a 16-bit image",
+                                 dest, "write NIfTI instead: --format nii.gz")
+            write_image(dest, labels.astype(np.uint16), meta, dtype=np.uint16)
+        else:
+            write_image(dest, labels.astype(np.int32), meta, dtype=np.int32)
+        physical = file_suffix(dest) not in _RASTER
+        spacing = tuple(meta.spacing[: labels.ndim]) if physical else None
+        rows = instance_table(labels, inst.classes.numpy(), inst.scores.numpy(), spacing)
+        base = out / f"{name}{INSTANCE_SUFFIX}"
+        atomic_write_text(base.with_name(base.name + ".csv"), _table_csv(rows))
+        doc = {"format": "medseg-instances/1", "case": name, "label_map": dest.name,
+               "n_instances": len(rows), "spacing_mm": list(spacing) if spacing else None,
+               "postprocess": prm.to_dict(), "instances": rows}
+        atomic_write_text(base.with_name(base.name + ".json"), json.dumps(doc, indent=2))
+        written.append(dest)
+        log(f"  [{i + 1}/{len(cases)}] {name}: {len(rows)} instance(s) -> {dest}")
+    return written
+
+
+def is_instance_prediction_folder(path: str | Path) -> bool:
+    """True when ``path`` is (or holds) ``*_instances.*`` label maps."""
+    p = Path(path)
+    files = [p] if p.is_file() else (
+        [e for e in list_image_files(p) if isinstance(e, Path)] if p.is_dir() else [])
+    return any(_stem(f).endswith(INSTANCE_SUFFIX) for f in files)
+
+
+def _reference_maps(ref: Path, ref_suffix: str) -> dict[str, InstanceCase]:
+    if is_dsb_layout(ref) or is_dsb_layout(ref / "train"):
+        return {c.case_id: c for c in load_dsb2018(ref).cases}
+    folder = ref / "masks" if (ref / "masks").is_dir() else (
+        ref / "labels" if (ref / "labels").is_dir() else ref)
+    if ref.is_file():
+        files = [ref]
+    else:
+        files = [e for e in list_image_files(folder) if isinstance(e, Path) and e.is_file()]
+    out = {}
+    for f in files:
+        n = _stem(f)
+        if ref_suffix and n.endswith(ref_suffix):
+            n = n[: -len(ref_suffix)]
+        out[n] = InstanceCase(n, f, [], f)
+    if not out:
+        raise InputError("no instance label maps in the reference folder", folder,
+                         "give a DSB2018 folder or a folder of instance label maps")
+    return out
+
+
+def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | Path,
+                              ref_suffix: str = "", mask_threshold: float | None = None,
+                              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score ``*_instances.*`` predictions against reference instances.
+
+    Args:
+        pred: Folder (or one file) of ``<case>_instances.<ext>`` label maps; scores are read
+            from the ``<case>_instances.json`` beside them when present (adds COCO AP).
+        ref: A DSB2018 folder, or a folder (or ``masks/`` / ``labels/`` parent) of instance
+            label maps named ``<case>{ref_suffix}.<ext>``.
+        output: Folder for ``metrics.json`` and ``metrics.csv``.
+        ref_suffix: Suffix of reference names.
+        mask_threshold: DSB2018 references: binarisation of soft masks (see
+            :func:`medseg.data.instance.read_dsb_masks`).
+
+    Returns:
+        ``{"cases": [...], "summary": {...}, "files": [json, csv]}``.
+
+    Raises:
+        InputError: a prediction without reference, or shapes that differ (named).
+    """
+    pred, ref = Path(pred), Path(ref)
+    if not pred.exists():
+        raise InputError("prediction folder not found", pred, "check the --pred path")
+    if not ref.exists():
+        raise InputError("reference not found", ref, "check the --ref path")
+    files = [pred] if pred.is_file() else [
+        e for e in list_image_files(pred) if isinstance(e, Path) and e.is_file()]
+    files = [f for f in files if _stem(f).endswith(INSTANCE_SUFFIX)]
+    if not files:
+        raise InputError("no *_instances.* label maps in the prediction folder", pred,
+                         "give the --output folder of medseg predict with an instance model")
+    refs = _reference_maps(ref, ref_suffix)
+    cases = []
+    for f in files:
+        name = _stem(f)[: -len(INSTANCE_SUFFIX)]
+        if name not in refs:
+            raise InputError(f"prediction has no reference case {name!r} in {ref}", f,
+                             "evaluate against the folder holding this case (or pass "
+                             "--ref-suffix)")
+        pmap, _ = read_label(f)
+        rmap = read_instance_map(refs[name], None, mask_threshold)
+        if rmap.shape != pmap.shape:
+            raise InputError(f"prediction shape {pmap.shape} differs from the reference "
+                             f"{rmap.shape} ({refs[name].reference})", f,
+                             "predict on the same images as the references")
+        scores = None
+        side = f.with_name(_stem(f) + ".json")
+        if side.is_file():
+            try:
+                doc = json.loads(side.read_text())
+                by_id = {int(r["id"]): float(r["score"]) for r in doc.get("instances", [])}
+                ids = np.unique(pmap)
+                ids = ids[ids > 0]
+                if all(int(i) in by_id for i in ids):
+                    scores = [by_id[int(i)] for i in ids]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                scores = None
+        cases.append(evaluate_instances(rmap, pmap, (0.5, 0.75), scores, case_id=name))
+    summary = summarize_instances(cases)
+    jp, cp = write_instance_metrics(output, cases, summary)
+    log(format_instance_summary(summary))
+    return {"cases": cases, "summary": summary, "files": [jp, cp]}
+
+
+def format_instance_summary(summary: dict[str, Any]) -> str:
+    """A short terminal table of the mean scores."""
+    lines = [f"instance metrics over {summary['n_cases']} case(s) (mean per image)"]
+    for k in (*INSTANCE_SUMMARY_KEYS, "coco_ap@0.5", "coco_map"):
+        if k in summary["mean"]:
+            lines.append(f"  {k:14s} {summary['mean'][k]:.4f}")
+    p = summary["pooled@0.5"]
+    lines.append(f"  pooled@0.5     TP {p['tp']} FP {p['fp']} FN {p['fn']}  F1 {p['f1']:.4f}  "
+                 f"AP {p['ap']:.4f}")
+    return "\n".join(lines)
