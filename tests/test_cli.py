@@ -110,6 +110,20 @@ def test_predict_keeps_oblique_geometry_and_reads_dicom(trained, tmp_path):
     assert pred2.shape == dmeta.spatial_shape and np.allclose(pred2.affine, dmeta.affine)
 
 
+def test_predict_refuses_another_modality(trained, tmp_path, capsys):
+    """The MR phantom model is given a CT series: exit 2 naming the series, nothing written."""
+    _, model = trained
+    dcm_dir = tmp_path / "ct"
+    meta = ImageMeta.from_spacing((0.8, 0.8, 3.0), (36, 40, 1), modality="CT")
+    write_dicom_series(dcm_dir, np.full((36, 40, 1), 40.0), meta, modality="CT")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model), "--input", str(dcm_dir), "--output",
+                 str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "wrong modality" in err and "trained on MR" in err and "input is CT" in err
+    assert str(dcm_dir) in err and not list(out.glob("*.nii.gz"))
+
+
 def _err(capsys):
     return capsys.readouterr().err
 

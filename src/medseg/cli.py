@@ -5,7 +5,9 @@
     medseg predict --model DIR --input PATH --output DIR
     medseg evaluate --pred DIR --ref DIR --output DIR
     medseg phantoms --out DIR        # the embedded default dataset, written as an MSD folder
+    medseg simulate --modality ct --n 20 --out DIR   # CT/MR/US physics simulator (+ clean images)
     medseg convert-outlines --input DIR --output DIR   # outline annotations -> filled masks
+    medseg restoration-data --out DIR  # phantom denoising pairs (train --task restoration)
     medseg models                    # the model registry
 
 Every error about the user's input is printed as one line naming the file and what to do;
@@ -62,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "Classification (--task classification): a CSV label table "
                                    "(image,label or one 0/1/-1 column per label) or a MedMNIST "
                                    ".npz.")
-    t.add_argument("--task", choices=("segmentation", "classification"), default=None)
+    t.add_argument("--task", choices=("segmentation", "classification", "instance",
+                                      "restoration"),
+                   default=None,
+                   help="instance: a DSB2018 folder (<id>/images, <id>/masks) or images/ + "
+                        "masks/ instance label maps; trains on background/interior/boundary. "
+                        "restoration: a `medseg restoration-data` folder (denoising, loss "
+                        "--set loss.restoration=l2|likelihood|anscombe_l2)")
     t.add_argument("--dataset", help="dataset folder (dataset.json), folder of images, label "
                                      "CSV or .npz")
     t.add_argument("--masks", help="folder of masks matched to --dataset images by name")
@@ -102,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "(mm). Classification (--pred predictions.csv, --ref label "
                                    "table): accuracy, balanced accuracy, AUROC, sensitivity, "
                                    "specificity, F1, confusion matrix with bootstrap intervals. "
+                                   "Instances (*_instances.* predictions): F1, AP, mAP, PQ. "
                                    "Writes metrics.json and metrics.csv and prints a summary.")
     e.add_argument("--pred", required=True, help="folder (or file) of predicted label maps")
     e.add_argument("--ref", required=True, help="folder (or file) of reference label maps")
@@ -114,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--images", help="folder of the input images, to add overlays and a report")
     e.add_argument("--split", default=None,
                    help="classification: score only this split of the label table")
+    e.add_argument("--instances", action="store_true",
+                   help="instance evaluation (automatic when --pred holds *_instances.* maps): "
+                        "--ref is a DSB2018 folder or a folder of instance label maps; writes "
+                        "F1@0.5, AP@0.5, mAP 0.5:0.95 and PQ per case and their means")
+    e.add_argument("--mask-threshold", type=float, default=None,
+                   help="instances: binarise soft DSB2018 masks at this fraction of their max")
     e.add_argument("--bootstrap", type=int, default=1000,
                    help="classification: bootstrap resamples for the 95%% intervals")
 
@@ -127,6 +142,39 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--lesion-fraction", type=float, default=0.02)
     ph.add_argument("--seed", type=int, default=0)
 
+    sm = sub.add_parser(
+        "simulate", help="simulate a CT/MR/US phantom dataset with its noise physics (MSD layout)",
+        description="Write an MSD/nnU-Net folder (dataset.json, imagesTr, labelsTr, cleanTr with "
+                    "the noise-free images, imagesTs/labelsTs/cleanTs with --n-test) that "
+                    "`medseg train --dataset DIR` trains on. CT: Radon transform, Poisson counts "
+                    "at --dose photons per ray, filtered back-projection. MR: complex Gaussian "
+                    "noise (--snr = organ signal / sigma) and optional k-space undersampling "
+                    "(--acceleration). US: Gamma speckle with --looks, log compression.")
+    sm.add_argument("--modality", choices=("ct", "mr", "us"), required=True)
+    sm.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    sm.add_argument("--n", type=int, required=True, help="training cases")
+    sm.add_argument("--n-test", type=int, default=0, help="held-out cases (default 0)")
+    sm.add_argument("--out", required=True, help="output folder (new or empty)")
+    sm.add_argument("--size", type=int, default=None,
+                    help="edge length in voxels (default 128 in 2D, 48 in 3D)")
+    sm.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (isotropic)")
+    sm.add_argument("--lesion-fraction", type=float, default=0.01)
+    sm.add_argument("--n-lesions", type=int, default=3)
+    sm.add_argument("--noise-level", type=float, default=1.0,
+                    help="noise strength when no --dose/--snr/--looks is given (1 = default)")
+    sm.add_argument("--dose", type=float, default=None, help="CT photons per ray I0")
+    sm.add_argument("--snr", type=float, default=None,
+                    help="MR organ signal over noise sigma (default 12)")
+    sm.add_argument("--looks", type=float, default=None, help="US speckle looks L (default 4)")
+    sm.add_argument("--acceleration", type=float, default=None,
+                    help="MR Cartesian k-space undersampling factor R >= 1")
+    sm.add_argument("--center-fraction", type=float, default=0.08,
+                    help="MR fully sampled k-space centre share")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--force", action="store_true",
+                    help="replace a dataset previously written by medseg simulate/phantoms in "
+                         "--out (other files are never touched)")
+
     c = sub.add_parser("convert-outlines",
                        help="fill outline annotations (e.g. HC18 ellipses) into masks",
                        description="Turn outline drawings (0/255 curves) into filled {0,1} masks "
@@ -135,6 +183,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, help="new folder for the filled masks")
     c.add_argument("--suffix", default="_Annotation",
                    help="suffix of outline names, removed from the mask names")
+
+    r = sub.add_parser("restoration-data",
+                       help="write a phantom denoising dataset (noisy input / target pairs)",
+                       description="Noisy inputs (imagesTr/Ts), targets (targetsTr: a second "
+                                   "independent noisy realisation, or the clean image with "
+                                   "--target clean; targetsTs: always a noisy realisation), clean "
+                                   "truth (cleanTr/Ts) and dataset.json with the noise "
+                                   "parameters, for medseg train --task restoration.")
+    r.add_argument("--out", required=True, help="new or empty folder")
+    r.add_argument("--modality", choices=("ct", "mr", "us"), default="mr")
+    r.add_argument("--n", type=int, default=40, help="training pairs")
+    r.add_argument("--n-test", type=int, default=10, help="held-out cases")
+    r.add_argument("--size", type=int, default=64, help="edge length in voxels")
+    r.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    r.add_argument("--target", choices=("noisy", "clean"), default="noisy")
+    r.add_argument("--level", type=float, default=1.0,
+                   help="noise level: CT 10*level HU std at water, MR sigma 0.05*level, US "
+                        "4/level^2 looks (level <= 2)")
+    r.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list the registered networks")
     return ap

@@ -9,6 +9,9 @@
 * :mod:`~medseg.metrics.segmentation` — :func:`evaluate_case` on label maps.
 * :mod:`~medseg.metrics.aggregate` — :func:`summarize`, :func:`write_metrics`,
   :func:`read_metrics`, :func:`format_summary_table`.
+* :mod:`~medseg.metrics.instance` — instance matching (T4): :func:`iou_matrix`,
+  :func:`match_instances` (Hungarian), :func:`evaluate_instances` (F1, AP, mAP, PQ),
+  :func:`summarize_instances`.
 
 Every function takes an optional observation mask: only observed voxels count.
 """
@@ -34,6 +37,12 @@ from medseg.metrics.classification import (
     predict_classes,
     roc_curve,
     write_classification_metrics,
+)
+from medseg.metrics.instance import (
+    evaluate_instances,
+    iou_matrix,
+    match_instances,
+    summarize_instances,
 )
 from medseg.metrics.overlap import confusion_counts, dice, iou
 from medseg.metrics.policy import DEFAULT_POLICY, EmptyPolicy
@@ -67,13 +76,17 @@ __all__ = [
     "describe_values",
     "dice",
     "evaluate_case",
+    "evaluate_instances",
     "format_summary_table",
     "hausdorff_distance",
     "hd95",
     "iou",
+    "iou_matrix",
+    "match_instances",
     "metrics_csv_text",
     "read_metrics",
     "summarize",
+    "summarize_instances",
     "surface_distances",
     "surface_voxels",
     "write_metrics",

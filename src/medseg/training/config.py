@@ -19,6 +19,7 @@ import yaml
 from medseg.errors import ConfigError
 from medseg.io.atomic import atomic_write_text
 from medseg.transforms.augment import AugmentConfig
+from medseg.transforms.physics_noise import PhysicsNoiseConfig
 
 
 @dataclass
@@ -61,11 +62,14 @@ class PreprocessConfig:
         target_spacing: ``"auto"`` (dataset median when spacings vary), ``None`` (keep), or a
             list of mm per axis.
         normalization: ``"auto"`` (by modality) or one scheme for every channel (``ct``,
-            ``zscore``, ``minmax_zscore``, ``none``).
+            ``ct_vst``, ``zscore``, ``minmax_zscore``, ``log_zscore``, ``none``).
+        physics: With ``"auto"``, the physics-aware schemes (P4): variance-stabilised CT
+            (``ct_vst``) and log-domain linear ultrasound (``log_zscore``).
     """
 
     target_spacing: str | list[float] | None = "auto"
     normalization: str = "auto"
+    physics: bool = False
 
 
 @dataclass
@@ -97,6 +101,9 @@ class LossConfig:
             observed voxels (EMA with ``adaptive_momentum``), logged every epoch.
         weight_min: Lower clip of the class weights.
         weight_max: Upper clip, so a weight cannot explode while a class is predicted near 0.
+        restoration: Restoration task only (:mod:`medseg.losses.restoration`): ``"l2"`` in the
+            image's intensity domain, ``"likelihood"`` (the modality's NLL: Poisson counts for
+            CT, Rician for MR, Gamma intensity for US) or ``"anscombe_l2"`` (CT).
     """
 
     dice_weight: float = 1.0
@@ -110,8 +117,12 @@ class LossConfig:
     adaptive_momentum: float = 0.9
     weight_min: float = 1.0
     weight_max: float = 100.0
+    restoration: str = "l2"
 
     def __post_init__(self) -> None:
+        if self.restoration not in ("l2", "likelihood", "anscombe_l2"):
+            raise ConfigError(f"loss.restoration must be l2, likelihood or anscombe_l2, got "
+                              f"{self.restoration!r}")
         if self.class_weighting not in ("none", "fixed", "adaptive"):
             raise ConfigError(f"loss.class_weighting must be none, fixed or adaptive, got "
                               f"{self.class_weighting!r}")
@@ -215,11 +226,59 @@ class InferenceConfig:
 
 
 @dataclass
+class InstanceConfig:
+    """Instance segmentation (``task: instance``, T4 / A8): targets and post-processing.
+
+    Attributes:
+        boundary_width: Thickness in voxels of each instance's boundary band in the 3-class
+            training target (:func:`medseg.instance.instance_to_semantic`).
+        mask_threshold: DSB2018 layout: per-instance masks with more than two grey values
+            (anti-aliased edges) are an error unless this is set; then a voxel belongs to the
+            instance where ``value > mask_threshold * max``.
+        seed_threshold: Interior probability that seeds an instance.
+        fg_threshold: Interior + boundary probability that counts as foreground.
+        min_seed_size: Smallest seed in voxels.
+        min_size: Smallest predicted instance in voxels.
+        flood: Watershed surface, ``"probability"`` or ``"distance"``.
+    """
+
+    boundary_width: int = 2
+    mask_threshold: float | None = None
+    seed_threshold: float = 0.5
+    fg_threshold: float = 0.5
+    min_seed_size: int = 4
+    min_size: int = 10
+    flood: str = "probability"
+
+    def __post_init__(self) -> None:
+        if self.boundary_width < 1:
+            raise ConfigError(f"instance.boundary_width must be >= 1, got {self.boundary_width}")
+        if self.mask_threshold is not None and not 0.0 <= self.mask_threshold < 1.0:
+            raise ConfigError("instance.mask_threshold must lie in [0, 1)")
+        for name in ("seed_threshold", "fg_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"instance.{name} must lie in [0, 1]")
+        if self.min_seed_size < 0 or self.min_size < 0:
+            raise ConfigError("instance.min_seed_size and instance.min_size must be >= 0")
+        if self.flood not in ("probability", "distance"):
+            raise ConfigError(f"instance.flood must be probability or distance, got "
+                              f"{self.flood!r}")
+
+    def postprocess_dict(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`medseg.instance.PostprocessParams`."""
+        return {"seed_threshold": self.seed_threshold, "fg_threshold": self.fg_threshold,
+                "min_seed_size": self.min_seed_size, "min_size": self.min_size,
+                "flood": self.flood}
+
+
+@dataclass
 class ExperimentConfig:
     """Everything needed to train and to reproduce a model.
 
-    ``task`` is ``"segmentation"`` (T3) or ``"classification"`` (T1 / T2, single- or
-    multi-label decided by the label table).
+    ``task`` is ``"segmentation"`` (T3), ``"classification"`` (T1 / T2, single- or
+    multi-label decided by the label table) or ``"instance"`` (T4: a segmentation network trained
+    on background / interior / boundary targets, see the ``instance`` section) or
+    ``"restoration"`` (denoising with L2 or the modality's likelihood, ``loss.restoration``).
     """
 
     task: str = "segmentation"
@@ -229,20 +288,22 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    physics_noise: PhysicsNoiseConfig = field(default_factory=PhysicsNoiseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
     output_dir: str = "runs/model"
 
     def __post_init__(self) -> None:
-        if self.task not in ("segmentation", "classification"):
-            raise ConfigError(f"task must be 'segmentation' or 'classification', got "
-                              f"{self.task!r}")
+        if self.task not in ("segmentation", "classification", "instance", "restoration"):
+            raise ConfigError(f"task must be 'segmentation', 'classification', 'instance' or "
+                              f"'restoration', got {self.task!r}")
 
     def model_name(self) -> str:
         """The registered network to build (``model.name``, with ``auto`` resolved by task)."""
         if self.model.name != "auto":
             return self.model.name
-        return "unet" if self.task == "segmentation" else "resnet_classifier"
+        return "resnet_classifier" if self.task == "classification" else "unet"
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from medseg.data import (
     PreprocessPlan,
     SegDataset,
+    channel_affine,
     make_plan,
     open_dataset,
     preprocess_image,
@@ -33,8 +35,8 @@ from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.io import read_image
 from medseg.networks import create_model
+from medseg.training.augmentation import make_augmenter
 from medseg.training.config import ExperimentConfig
-from medseg.transforms.augment import Augmenter
 
 
 @dataclass
@@ -54,6 +56,9 @@ class PreparedData:
         patch_size: Training patch / inference window size.
         class_names: Name per class index ``0 .. K-1``.
         summary: The dataset summary (as a dict) from validation.
+        train_affines: Per training case, ``(C, 2)`` float64 ``(scale, offset)`` of each
+            channel's normalisation (:func:`medseg.data.preprocess.channel_affine`), for
+            augmentation in the raw domain.
     """
 
     train_images: list[np.ndarray]
@@ -69,6 +74,7 @@ class PreparedData:
     class_names: list[str]
     summary: dict[str, Any] = field(default_factory=dict)
     sampler: PatchSampler | None = field(default=None, repr=False)
+    train_affines: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def in_channels(self) -> int:
@@ -83,8 +89,12 @@ class PreparedData:
         return self.dataset.ignore_label
 
     def plan_dict(self, cfg: ExperimentConfig) -> dict[str, Any]:
-        """What a model folder's ``plan.json`` holds: all prediction needs besides weights."""
-        return {
+        """What a model folder's ``plan.json`` holds: all prediction needs besides weights.
+
+        For ``task: instance`` it adds ``"task": "instance"`` and an ``"instance"`` block
+        (boundary width, mask threshold, post-processing parameters).
+        """
+        d = {
             "format": "medseg-plan/1",
             "task": "semantic_segmentation",
             "preprocess": self.plan.to_dict(),
@@ -109,6 +119,12 @@ class PreparedData:
             "val_ids": self.val_ids,
             "dataset_summary": self.summary,
         }
+        if cfg.task == "instance":
+            d["task"] = "instance"
+            d["instance"] = {"boundary_width": cfg.instance.boundary_width,
+                             "mask_threshold": cfg.instance.mask_threshold,
+                             "postprocess": cfg.instance.postprocess_dict()}
+        return d
 
 
 def split_cases(ids: list[str], val_fraction: float, seed: int,
@@ -182,6 +198,12 @@ def open_configured_dataset(cfg: ExperimentConfig) -> SegDataset:
     """Open the dataset the config names (MSD folder, or images + masks folders)."""
     if not cfg.data.dataset:
         raise ConfigError("no dataset given", hint="pass --dataset DIR or set data.dataset")
+    if cfg.task == "instance":
+        from medseg.data.instance import build_semantic_dataset, open_instance_dataset
+
+        inst = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
+        return build_semantic_dataset(inst, Path(cfg.output_dir) / "instance_targets",
+                                      cfg.instance.boundary_width, cfg.instance.mask_threshold)
     if cfg.data.masks:
         ds = load_image_mask_folders(cfg.data.dataset, cfg.data.masks,
                                      mask_suffix=cfg.data.mask_suffix,
@@ -222,13 +244,14 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> P
     build_model(cfg, len(ds.channel_names), ds.num_classes, dims)
     summary = validate_dataset(ds, dims, keep_arrays=True, seed=cfg.data.split_seed)
     plan = make_plan(summary, ds, target_spacing=cfg.preprocess.target_spacing,
-                     normalization=cfg.preprocess.normalization)
+                     normalization=cfg.preprocess.normalization,
+                     physics=cfg.preprocess.physics)
     if plan.target_spacing is not None:
         log(f"  resampling to spacing {plan.target_spacing} (median spacing "
             f"{[round(s, 3) for s in summary.median_spacing]})")
     train_ids, val_ids = split_cases(summary.case_ids, cfg.data.val_fraction,
                                      cfg.data.split_seed, cfg.data.group_regex)
-    tr_x, tr_y, va_x, va_y = [], [], [], []
+    tr_x, tr_y, va_x, va_y, tr_aff = [], [], [], [], []
     for cid in summary.case_ids:
         lc = summary.loaded.pop(cid)
         x, _ = preprocess_image(lc.image, lc.image_meta, plan)
@@ -239,6 +262,8 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> P
         elif cid in train_ids:
             tr_x.append(x)
             tr_y.append(y)
+            tr_aff.append(np.array([channel_affine(lc.image[c], n)
+                                    for c, n in enumerate(plan.normalization)]))
     if not tr_x:
         raise InputError("no training cases left after the validation split", ds.root,
                          "lower data.val_fraction or add cases")
@@ -250,7 +275,7 @@ def prepare_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> P
     summary_d["preprocessed_median_shape"] = list(median_shape)
     return PreparedData(tr_x, tr_y, va_x, va_y, [i for i in summary.case_ids if i in train_ids],
                         [i for i in summary.case_ids if i in val_ids], plan, ds, dims,
-                        median_shape, class_names, summary_d)
+                        median_shape, class_names, summary_d, train_affines=tr_aff)
 
 
 def make_epoch_loader(data: PreparedData, cfg: ExperimentConfig, epoch: int, seed: int,
@@ -271,5 +296,8 @@ def make_epoch_loader(data: PreparedData, cfg: ExperimentConfig, epoch: int, see
         "rng": np.random.default_rng([cfg.train.seed, epoch, rank]).bit_generator.state,
         "batches_drawn": 0,
     })
-    aug = Augmenter(cfg.augment, data.spatial_dims, seed=seed) if cfg.augment.enabled else None
-    return PatchBatchLoader(data.sampler, aug, prefetch=2 if cfg.train.prefetch else 0)
+    sampler = data.sampler
+    aug = make_augmenter(cfg.augment, cfg.physics_noise, data.spatial_dims, seed,
+                         data.plan.normalization, data.train_affines,
+                         lambda: sampler.last_cases)
+    return PatchBatchLoader(sampler, aug, prefetch=2 if cfg.train.prefetch else 0)

@@ -84,6 +84,26 @@ class TrainedModel:
     def num_classes(self) -> int:
         return int(self.info["num_classes"])
 
+    def check_modality(self, meta: ImageMeta) -> None:
+        """Refuse an input whose header names another modality than the model was trained on.
+
+        Only inputs that state their modality (DICOM ``Modality``) are checked; a model trained
+        before modalities were recorded accepts everything.
+
+        Raises:
+            InputError: e.g. an MR series given to a CT model.
+        """
+        trained = {n.modality for n in self.plan.normalization if n.modality}
+        got = (meta.modality or "").upper()
+        if not got or not trained or got in trained or got == "OT":
+            return
+        src = meta.source[0] if meta.source else None
+        raise InputError(
+            f"wrong modality: this model was trained on {'/'.join(sorted(trained))} images but "
+            f"the input is {got}", src,
+            f"predict {'/'.join(sorted(trained))} images with this model (its intensity "
+            "normalisation and learnt appearance are modality-specific)")
+
     def predict(self, image: np.ndarray, meta: ImageMeta, tta: bool | None = None,
                 overlap: float | None = None) -> torch.Tensor:
         """Class probabilities on the input's own grid.
@@ -108,6 +128,7 @@ class TrainedModel:
                 f"(spatial shape {meta.spatial_shape})", src,
                 f"predict {self.plan.spatial_dims}D images with this model, or train one on "
                 f"{dims}D data")
+        self.check_modality(meta)
         x, _ = preprocess_image(image, meta, self.plan)
         inf = self.info["inference"]
         probs = predict_probs(
