@@ -142,3 +142,20 @@ def test_every_parameter_gets_gradient() -> None:
     missing = [n for n, p in net.named_parameters()
                if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing
+
+
+def test_deep_supervision_weights_are_equal_over_heads():
+    """Training averages the heads' losses (every head is a full segmentation, none auxiliary)."""
+    from medseg.losses.modules import DeepSupervisionLoss, DiceCELoss
+    from medseg.training.config import ExperimentConfig
+
+    torch.manual_seed(0)
+    net = UNetPlusPlus(2, 1, 3, channels=(4, 8, 16, 32)).train()
+    assert net.deep_supervision_weights == [1.0, 1.0, 1.0]
+    outs = net(torch.randn(2, 1, 16, 16))
+    target = torch.randint(0, 3, (2, 16, 16))
+    base = DiceCELoss()
+    ds = DeepSupervisionLoss(base, net.deep_supervision_weights)(outs, target)
+    torch.testing.assert_close(ds, sum(base(o, target) for o in outs) / 3)
+    with pytest.raises(Exception, match="deep_supervision_weights"):
+        ExperimentConfig.from_dict({"loss": {"deep_supervision_weights": [-1.0, 1.0]}})

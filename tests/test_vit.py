@@ -3,8 +3,6 @@ gradients, determinism and a tiny learning problem."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,7 +155,6 @@ def test_learns_bright_vs_dark() -> None:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     with torch.no_grad():
         loss0 = F.cross_entropy(net(x), y).item()
-    start = time.perf_counter()
     net.train()
     for _ in range(40):
         opt.zero_grad()
@@ -171,4 +168,3 @@ def test_learns_bright_vs_dark() -> None:
     assert acc == 1.0
     # it learned: the loss started near log(2) with chance accuracy
     assert F.cross_entropy(logits, y).item() < 0.2 * loss0
-    assert time.perf_counter() - start < 5.0

@@ -31,7 +31,9 @@ from medseg.layers.factories import (
 from medseg.layers.receptive_field import (
     EmpiricalRF,
     RFStep,
+    backward_interval,
     empirical_receptive_field,
+    interval_hull,
     module_receptive_field,
     receptive_field,
 )
@@ -62,7 +64,9 @@ __all__ = [
     "TransformerBlock",
     "attention_cost",
     "effective_kernel_size",
+    "backward_interval",
     "empirical_receptive_field",
+    "interval_hull",
     "module_receptive_field",
     "receptive_field",
 ]

@@ -14,13 +14,14 @@ checked against each other.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from medseg.layers.conv import as_tuple
+from medseg.layers.conv import UpSample, as_tuple
 from medseg.layers.dilated import effective_kernel_size
 
 IntOrSeq = int | Sequence[int]
@@ -183,3 +184,116 @@ def empirical_receptive_field(module: nn.Module, input_shape: Sequence[int]) -> 
         idx = torch.nonzero(hit).flatten()
         extent.append(int(idx.max() - idx.min() + 1) if idx.numel() else 0)
     return EmpiricalRF(mask, tuple(extent), centre)
+
+
+# Exact input intervals of one output unit (per axis), for networks with skips and upsampling.
+#
+# The stride recurrence above gives the size of the field of a plain stack. Networks with skip
+# connections and upsampling (U-Nets) need the field of one particular output unit, which can
+# depend on its position (a transposed convolution with kernel = stride = 2 maps output units
+# 2m and 2m + 1 onto the same input unit). The functions below walk a module backwards and turn
+# a per-axis interval of output indices ``[lo, hi]`` into the interval of input indices it
+# depends on. Borders are not clipped: the field is that of an infinitely large input.
+
+Interval = tuple[tuple[int, int], ...]
+
+
+def interval_hull(a: Interval | None, b: Interval | None) -> Interval | None:
+    """Smallest per-axis interval containing both (``None`` is the empty set)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple((min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b, strict=True))
+
+
+def _conv_back(iv: Interval, k: Sequence[int], s: Sequence[int], p: Sequence[int],
+               d: Sequence[int]) -> Interval:
+    return tuple(
+        (lo * si - pi, hi * si - pi + (ki - 1) * di)
+        for (lo, hi), ki, si, pi, di in zip(iv, k, s, p, d, strict=True)
+    )
+
+
+def _tconv_back(iv: Interval, k: Sequence[int], s: Sequence[int], p: Sequence[int],
+                d: Sequence[int]) -> Interval:
+    # Output o = i * s - p + t * d for input i and tap t in [0, k).
+    return tuple(
+        (-((-(lo + pi - (ki - 1) * di)) // si), (hi + pi) // si)
+        for (lo, hi), ki, si, pi, di in zip(iv, k, s, p, d, strict=True)
+    )
+
+
+def _linear_up_back(iv: Interval, scale: Sequence[int]) -> Interval:
+    # align_corners=False: output o reads inputs floor(src) and floor(src) + 1 with
+    # src = (o + 0.5) / s - 0.5 (clamped at the border, which only narrows the field).
+    out = []
+    for (lo, hi), s in zip(iv, scale, strict=True):
+        if s == 1:
+            out.append((lo, hi))
+            continue
+        out.append((math.floor((lo + 0.5) / s - 0.5), math.floor((hi + 0.5) / s - 0.5) + 1))
+    return tuple(out)
+
+
+def backward_interval(module: nn.Module, interval: Interval) -> Interval:
+    """Input interval that the output interval ``interval`` of ``module`` depends on.
+
+    Handles convolutions (dilated, strided, transposed), max / average pooling,
+    :class:`~medseg.layers.conv.UpSample`, residual blocks (any module with ``conv1``, ``conv2``
+    and ``shortcut``: the hull of both paths), ``nn.Sequential`` / ``nn.ModuleList`` chains
+    (children in order) and point-wise layers (normalisation, activation, dropout, identity),
+    which keep the interval: normalisation is counted as point-wise, i.e. the field is that of
+    batch norm in eval mode (instance / group norm statistics and training-mode batch norm
+    couple every position, which no receptive-field convention counts).
+
+    Args:
+        module: A layer or block mapping ``(B, C, *spatial)`` to ``(B, C', *spatial')``.
+        interval: ``(lo, hi)`` output indices per spatial axis, inclusive.
+
+    Returns:
+        ``(lo, hi)`` input indices per spatial axis, inclusive (not clipped to any border).
+
+    Raises:
+        ValueError: a module whose spatial footprint is not known (e.g. ASPP's global pooling,
+            attention): such parts make the field global.
+    """
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return _tconv_back(interval, module.kernel_size, module.stride, module.padding,
+                           module.dilation)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if isinstance(module.padding, str):
+            raise ValueError(f"string padding {module.padding!r} is not supported")
+        return _conv_back(interval, module.kernel_size, module.stride, module.padding,
+                          module.dilation)
+    if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
+        n = len(interval)
+        k = as_tuple(module.kernel_size, n, "kernel_size")
+        s = as_tuple(module.stride or module.kernel_size, n, "stride")
+        p = tuple(module.padding for _ in range(n)) if isinstance(module.padding, int) \
+            else tuple(module.padding)
+        dil = getattr(module, "dilation", 1)
+        d = as_tuple(dil, n, "dilation")
+        return _conv_back(interval, k, s, p, d)
+    if isinstance(module, UpSample):
+        if module.mode == "transpose":
+            return backward_interval(module.conv, interval)
+        return backward_interval(module.conv, _linear_up_back(interval, module.scale))
+    if all(hasattr(module, a) for a in ("conv1", "conv2", "shortcut")):
+        main = backward_interval(module.conv1, backward_interval(module.conv2, interval))
+        short = backward_interval(module.shortcut, interval)
+        out = interval_hull(main, short)
+        assert out is not None
+        return out
+    if isinstance(module, nn.Sequential | nn.ModuleList):
+        for child in reversed(list(module)):
+            interval = backward_interval(child, interval)
+        return interval
+    if not any(True for _ in module.children()) and not isinstance(
+        module, nn.modules.pooling._AdaptiveAvgPoolNd | nn.modules.pooling._AdaptiveMaxPoolNd
+    ):
+        return interval  # point-wise: normalisation, activation, dropout, identity
+    raise ValueError(
+        f"{type(module).__name__} has no known local footprint (global pooling or attention "
+        "make the receptive field global)"
+    )

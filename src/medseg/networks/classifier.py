@@ -50,6 +50,9 @@ class ResNetClassifier(nn.Module):
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes)`` logits.
     """
 
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("fc",)
+
     def __init__(
         self,
         spatial_dims: int = 2,

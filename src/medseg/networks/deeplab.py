@@ -113,6 +113,9 @@ class DeepLabV3Plus(nn.Module):
         logits are cropped back.
     """
 
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("head",)
+
     def __init__(
         self,
         spatial_dims: int = 2,

@@ -88,6 +88,9 @@ class UNet(nn.Module):
         with ``f_k`` the total stride down to decoder level ``k``.
     """
 
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("head", "ds_heads")
+
     def __init__(
         self,
         spatial_dims: int = 2,

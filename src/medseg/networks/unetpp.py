@@ -72,6 +72,9 @@ class UNetPlusPlus(nn.Module):
         ``X^{0,1}`` (shallowest) first and ``X^{0,L}`` (deepest) last.
     """
 
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("heads",)
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -142,6 +145,12 @@ class UNetPlusPlus(nn.Module):
             for _ in range(self.num_heads)
         )
         self.apply(init_he)
+
+    @property
+    def deep_supervision_weights(self) -> list[float]:
+        """Loss weight per training output: equal over the heads (Zhou et al.: every head is a
+        full-resolution segmentation of its own sub-network, none is auxiliary)."""
+        return [1.0] * self.num_heads
 
     @property
     def prune_depth(self) -> int | None:

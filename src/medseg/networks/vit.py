@@ -68,6 +68,9 @@ class ViTClassifier(nn.Module):
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes)`` logits.
     """
 
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("head",)
+
     def __init__(
         self,
         spatial_dims: int = 2,

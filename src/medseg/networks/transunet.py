@@ -1,0 +1,257 @@
+"""TransUNet (Chen et al. 2021): CNN encoder, Transformer bottleneck, U-Net decoder (spec A5).
+
+Written once for 2D and 3D::
+
+    x -> CNN stage 0 (full resolution) -> stage 1 (/2) -> ... -> stage L (/2**L)
+      -> PatchEmbedding(patch size 1) on the stage-L map: N = prod(spatial / 2**L) tokens
+         (+ learned positions, resized by interpolation for other grids)
+      -> TransformerBlock x num_layers (global self-attention on SDPA) -> LayerNorm
+      -> tokens reshaped to the grid -> 3x3 conv-norm-act back to channels[L]
+      -> decoder: UpSample + concat(skip of stage i) + ConvBlock, i = L-1 .. 0
+      -> 1x1 conv head -> (B, num_classes, *spatial)
+
+With ``L = 3`` (the default) the tokens live at 1/8 of the input size (a 256^2 image gives
+32^2 = 1024 tokens, 128^2 gives 256); ``L = 4`` gives 1/16. The attention cost grows with the
+square of the token count (:func:`~medseg.layers.attention.attention_cost`).
+
+    >>> net = TransUNet(spatial_dims=2, in_channels=1, num_classes=3)
+    >>> net(torch.zeros(1, 1, 60, 64)).shape
+    torch.Size([1, 3, 60, 64])
+
+Registered name: ``"transunet"`` (task ``"segmentation"``, 2D and 3D). The registry defaults are
+tiny (channels ``(8, 16, 32, 64)``, ``embed_dim=64``, 2 layers); the paper's setting is a
+ResNet-50 encoder with ``embed_dim=768, num_layers=12, num_heads=12`` at 1/16.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medseg.layers.attention import PatchEmbedding, TransformerBlock
+from medseg.layers.conv import ConvBlock, ConvNormAct, ResidualBlock, UpSample, as_tuple
+from medseg.layers.factories import conv_nd, dropout_nd
+from medseg.layers.init import init_he
+from medseg.networks.registry import register_model
+
+
+@register_model("transunet", task="segmentation", spatial_dims=(2, 3))
+class TransUNet(nn.Module):
+    """Hybrid CNN-Transformer U-Net.
+
+    Args:
+        spatial_dims: 2 for images, 3 for volumes.
+        in_channels: Input channels (modalities).
+        num_classes: Output channels (class logits, background included).
+        channels: CNN channels per level, top (full resolution) to bottom; ``L = len(channels)
+            - 1 >= 1`` stride-2 downsamplings, so the tokens sit at ``1 / 2**L`` of the input
+            size (``L = 3``: 1/8, ``L = 4``: 1/16).
+        residual: Encoder stages are :class:`~medseg.layers.conv.ResidualBlock` (as in the
+            paper's ResNet encoder) instead of two plain conv-norm-act.
+        embed_dim: Token width.
+        num_heads: Attention heads; must divide ``embed_dim``.
+        num_layers: Transformer blocks (``>= 1``).
+        mlp_ratio: Hidden width of each block's MLP relative to ``embed_dim``.
+        dropout: Dropout probability after the positional embedding, inside every Transformer
+            block and (channel dropout) after every decoder stage; 0 adds no active dropout.
+            MC Dropout keeps these active at test time (:meth:`dropout_layers`).
+        image_size: Input size the positional embeddings are learned for (int: every axis);
+            other sizes interpolate them. The learned grid is ``ceil(image_size / 2**L)``.
+        norm: ``"instance"``, ``"batch"``, ``"group"`` or ``"none"`` for the CNN parts.
+        act: Activation of the CNN parts (see :func:`~medseg.layers.factories.act_layer`).
+        upsample: ``"transpose"`` or ``"linear"`` (see :class:`~medseg.layers.conv.UpSample`).
+        pad_input: Zero-pad inputs whose size is not a multiple of :attr:`size_divisor` at the
+            end of each axis and crop the logits back; ``False``: such inputs raise
+            :class:`ValueError` naming the nearest valid sizes.
+
+    Attributes:
+        size_divisor: Total stride ``2**L`` per axis.
+        token_grid_size: Token grid the positional embeddings were learned for.
+        out_channels: ``num_classes``.
+
+    Shapes:
+        ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``.
+    """
+
+    #: Logit layers (see :mod:`medseg.networks.heads`).
+    head_attrs = ("head",)
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        channels: Sequence[int] = (8, 16, 32, 64),
+        residual: bool = True,
+        embed_dim: int = 64,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        image_size: int | Sequence[int] = 64,
+        norm: str = "instance",
+        act: str = "leakyrelu",
+        upsample: str = "transpose",
+        pad_input: bool = True,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2 or any(c < 1 for c in channels):
+            raise ValueError(
+                f"channels needs at least 2 positive entries (full resolution + one "
+                f"downsampled level), got {channels}"
+            )
+        if in_channels < 1 or num_classes < 1:
+            raise ValueError(
+                f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
+            )
+        if embed_dim < 1 or num_layers < 1:
+            raise ValueError(
+                f"embed_dim and num_layers must be >= 1, got {embed_dim}, {num_layers}"
+            )
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})"
+            )
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        depth = len(channels) - 1
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = num_classes
+        self.channels = channels
+        self.depth = depth
+        self.embed_dim = embed_dim
+        self.pad_input = pad_input
+        self.size_divisor: tuple[int, ...] = (2**depth,) * spatial_dims
+        size = as_tuple(image_size, spatial_dims, "image_size")
+        self.token_grid_size = tuple(math.ceil(s / 2**depth) for s in size)
+        one, two = (1,) * spatial_dims, (2,) * spatial_dims
+
+        def block(c_in: int, c_out: int, stride: tuple[int, ...]) -> nn.Module:
+            if residual:
+                return ResidualBlock(spatial_dims, c_in, c_out, stride, 3, norm, act)
+            return ConvBlock(spatial_dims, c_in, c_out, stride, 3, norm, act)
+
+        self.encoder = nn.ModuleList(
+            block(in_channels if i == 0 else channels[i - 1], channels[i], one if i == 0 else two)
+            for i in range(depth + 1)
+        )
+        self.patch_embed = PatchEmbedding(
+            spatial_dims, channels[-1], embed_dim, 1, self.token_grid_size
+        )
+        self.pos_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(embed_dim, num_heads, mlp_ratio, drop=dropout)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.from_tokens = ConvNormAct(
+            spatial_dims, embed_dim, channels[-1], 3, 1, 1, norm, act
+        )
+        # Decoder, deepest first: ups[j] / decoder[j] produce level depth - 1 - j.
+        self.ups = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in range(depth - 1, -1, -1):
+            c = channels[level]
+            self.ups.append(UpSample(spatial_dims, channels[level + 1], c, 2, upsample))
+            drop = dropout_nd(spatial_dims)(dropout) if dropout > 0 else nn.Identity()
+            self.decoder.append(
+                nn.Sequential(ConvBlock(spatial_dims, 2 * c, c, one, 3, norm, act), drop)
+            )
+        self.head = conv_nd(spatial_dims)(channels[0], num_classes, kernel_size=1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        self.apply(init_he)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def dropout_layers(self) -> list[nn.Module]:
+        """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
+        return [
+            m for m in self.modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+        ]
+
+    def valid_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The smallest size >= ``spatial`` that is a multiple of :attr:`size_divisor`."""
+        return tuple(
+            math.ceil(s / d) * d for s, d in zip(spatial, self.size_divisor, strict=True)
+        )
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != self.spatial_dims + 2:
+            axes = ("D", "H", "W")[3 - self.spatial_dims:]
+            raise ValueError(
+                f"TransUNet(spatial_dims={self.spatial_dims}) expects a (B, C, "
+                f"{', '.join(axes)}) tensor, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"TransUNet was built for in_channels={self.in_channels}, got an input with "
+                f"{x.shape[1]} channels (shape {tuple(x.shape)})"
+            )
+        spatial = tuple(x.shape[2:])
+        if not self.pad_input and spatial != self.valid_size(spatial):
+            raise ValueError(
+                f"input spatial size {spatial} is not a multiple of the network's total stride "
+                f"{self.size_divisor}; pad or crop it (e.g. to {self.valid_size(spatial)}), or "
+                f"build the model with pad_input=True"
+            )
+
+    def num_tokens(self, spatial: Sequence[int]) -> int:
+        """Transformer sequence length for an input of spatial size ``spatial``."""
+        return math.prod(v // d for v, d in zip(self.valid_size(spatial), self.size_divisor,
+                                                strict=True))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output that feeds :attr:`head`.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``.
+
+        Returns:
+            ``(B, channels[0], *valid_size(spatial))`` (padded size, not yet cropped).
+        """
+        self._check_input(x)
+        spatial = tuple(x.shape[2:])
+        target = self.valid_size(spatial)
+        if target != spatial:
+            pad: list[int] = []
+            for s, t in zip(reversed(spatial), reversed(target), strict=True):
+                pad += [0, t - s]
+            x = F.pad(x, pad)
+        skips: list[torch.Tensor] = []
+        h = x
+        for stage in self.encoder:
+            h = stage(h)
+            skips.append(h)
+        grid = h.shape[2:]
+        t = self.pos_drop(self.patch_embed(h))  # (B, N, embed_dim)
+        for blk in self.blocks:
+            t = blk(t)
+        t = self.norm(t)
+        h = self.from_tokens(t.transpose(1, 2).reshape(t.shape[0], self.embed_dim, *grid))
+        for j, (up, dec) in enumerate(zip(self.ups, self.decoder, strict=True)):
+            h = dec(torch.cat((up(h), skips[-2 - j]), dim=1))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits: ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``."""
+        spatial = tuple(x.shape[2:])
+        out = self.head(self.forward_features(x))
+        if tuple(out.shape[2:]) != spatial:
+            out = out[(..., *(slice(0, s) for s in spatial))]
+        return out
