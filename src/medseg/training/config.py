@@ -104,6 +104,10 @@ class LossConfig:
         restoration: Restoration task only (:mod:`medseg.losses.restoration`): ``"l2"`` in the
             image's intensity domain, ``"likelihood"`` (the modality's NLL: Poisson counts for
             CT, Rician for MR, Gamma intensity for US) or ``"anscombe_l2"`` (CT).
+        deep_supervision_weights: Weight per deep-supervision output (normalised to sum 1), or
+            ``None`` for the network's own rule: its ``deep_supervision_weights`` attribute
+            (UNet++: equal weights over its heads, as in Zhou et al.) or else halving per level
+            from full resolution (nnU-Net, U-Net).
     """
 
     dice_weight: float = 1.0
@@ -118,8 +122,13 @@ class LossConfig:
     weight_min: float = 1.0
     weight_max: float = 100.0
     restoration: str = "l2"
+    deep_supervision_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
+        w = self.deep_supervision_weights
+        if w is not None and (not w or min(w) < 0 or sum(w) <= 0):
+            raise ConfigError(f"loss.deep_supervision_weights must be >= 0 with a positive sum, "
+                              f"got {w}")
         if self.restoration not in ("l2", "likelihood", "anscombe_l2"):
             raise ConfigError(f"loss.restoration must be l2, likelihood or anscombe_l2, got "
                               f"{self.restoration!r}")

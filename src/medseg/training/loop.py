@@ -261,7 +261,10 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         batch_dice=cfg.loss.batch_dice, include_background=cfg.loss.include_background,
         class_weights=class_weights,
     ).to(device)
-    ds_loss_fn = DeepSupervisionLoss(loss_fn)
+    ds_weights = cfg.loss.deep_supervision_weights
+    if ds_weights is None:
+        ds_weights = getattr(model, "deep_supervision_weights", None)
+    ds_loss_fn = DeepSupervisionLoss(loss_fn, ds_weights)
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
