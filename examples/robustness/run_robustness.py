@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from medseg.physics import write_phantom_dataset  # noqa: E402
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--prob", type=float, default=0.5, help="noise augmentation probability")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                    help="training seeds (one model per arm and seed)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -88,51 +91,64 @@ def main() -> None:
                                   modality=mod, lesion_fraction=0.01, seed=1000,
                                   noise_level=level)
         for arm in a.arms:
-            key = f"{mod}/{arm}"
-            if key in results:
-                continue
-            t0 = time.perf_counter()
-            cfg = ExperimentConfig()
-            cfg.data.dataset = str(root / "train")
-            cfg.data.val_fraction = 0.15
-            cfg.output_dir = str(root / f"model_{arm}")
-            cfg.model.options = {"channels": [16, 32, 64, 128]}
-            cfg.train.batch_size = 8
-            cfg.train.steps_per_epoch = 20
-            cfg.train.epochs = a.epochs
-            cfg.train.val_every = 4
-            cfg.train.seed = 0
-            cfg.optim.lr = 3e-3
-            configure(cfg, arm, a.prob)
-            if not (Path(cfg.output_dir) / "checkpoint_best.pt").exists():
-                train(cfg, log=lambda _m: None)
-            model = TrainedModel.load(cfg.output_dir, device="cpu")
-            row = {}
-            for name in tests:
-                pred = root / f"pred_{arm}_{name}"
-                if not pred.exists():
-                    predict_inputs(model, root / f"test_{name}" / "imagesTr", pred,
-                                   log=lambda _m: None)
-                ev = evaluate_folders(pred, root / f"test_{name}" / "labelsTr",
-                                      root / f"eval_{arm}_{name}",
-                                      dataset_json=root / "train" / "dataset.json",
-                                      log=lambda _m: None)
-                summ = ev["summary"]
-                row[name] = {"dice": summ["pooled"]["dice"]["mean"],
-                             "lesion_dice": summ["classes"][2]["dice"]["mean"],
-                             "organ_dice": summ["classes"][1]["dice"]["mean"]}
-            row["minutes"] = (time.perf_counter() - t0) / 60
-            results[key] = row
-            (out / "results.json").write_text(json.dumps(results, indent=2))
-            print(f"{key}: " + ", ".join(f"{k} {v['dice']:.3f} (lesion {v['lesion_dice']:.3f})"
-                                         for k, v in row.items() if isinstance(v, dict)),
-                  flush=True)
+            for seed in a.seeds:
+                key = f"{mod}/{arm}/s{seed}"
+                if key not in results:
+                    results[key] = run_arm(root, arm, seed, a, tests)
+                    (out / "results.json").write_text(json.dumps(results, indent=2))
+                row = results[key]
+                print(f"{key}: " + ", ".join(
+                    f"{k} {v['dice']:.3f} (lesion {v['lesion_dice']:.3f})"
+                    for k, v in row.items() if isinstance(v, dict)), flush=True)
     print("| modality | augmentation | nominal Dice | degraded Dice | degraded lesion Dice |")
     print("|---|---|---|---|---|")
-    for key, row in results.items():
-        mod, arm = key.split("/")
-        print(f"| {mod.upper()} | {arm} | {row['nominal']['dice']:.3f} | "
-              f"{row['degraded']['dice']:.3f} | {row['degraded']['lesion_dice']:.3f} |")
+    for mod in a.modalities:
+        for arm in a.arms:
+            rows = [results[f"{mod}/{arm}/s{s}"] for s in a.seeds if f"{mod}/{arm}/s{s}" in results]
+            if not rows:
+                continue
+
+            def cell(test: str, metric: str, rows: list = rows) -> str:
+                v = [r[test][metric] for r in rows]
+                return f"{np.mean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})"
+
+            print(f"| {mod.upper()} | {arm} | {cell('nominal', 'dice')} | "
+                  f"{cell('degraded', 'dice')} | {cell('degraded', 'lesion_dice')} |")
+
+
+def run_arm(root: Path, arm: str, seed: int, a: argparse.Namespace,
+            tests: dict[str, float]) -> dict:
+    """Train one arm with one seed and score it on every test set."""
+    t0 = time.perf_counter()
+    cfg = ExperimentConfig()
+    cfg.data.dataset = str(root / "train")
+    cfg.data.val_fraction = 0.15
+    cfg.output_dir = str(root / f"model_{arm}_s{seed}")
+    cfg.model.options = {"channels": [16, 32, 64, 128]}
+    cfg.train.batch_size = 8
+    cfg.train.steps_per_epoch = 20
+    cfg.train.epochs = a.epochs
+    cfg.train.val_every = 4
+    cfg.train.seed = seed
+    cfg.optim.lr = 3e-3
+    configure(cfg, arm, a.prob)
+    if not (Path(cfg.output_dir) / "checkpoint_best.pt").exists():
+        train(cfg, log=lambda _m: None)
+    model = TrainedModel.load(cfg.output_dir, device="cpu")
+    row: dict = {}
+    for name in tests:
+        pred = root / f"pred_{arm}_s{seed}_{name}"
+        if not pred.exists():
+            predict_inputs(model, root / f"test_{name}" / "imagesTr", pred, log=lambda _m: None)
+        ev = evaluate_folders(pred, root / f"test_{name}" / "labelsTr",
+                              root / f"eval_{arm}_s{seed}_{name}",
+                              dataset_json=root / "train" / "dataset.json", log=lambda _m: None)
+        summ = ev["summary"]
+        row[name] = {"dice": summ["pooled"]["dice"]["mean"],
+                     "lesion_dice": summ["classes"][2]["dice"]["mean"],
+                     "organ_dice": summ["classes"][1]["dice"]["mean"]}
+    row["minutes"] = (time.perf_counter() - t0) / 60
+    return row
 
 
 if __name__ == "__main__":
