@@ -15,6 +15,7 @@ import pytest
 from medseg.cli import main
 from medseg.io import read_image, read_label, write_dicom_series
 from medseg.io.meta import ImageMeta
+from medseg.networks import list_models, model_spatial_dims, model_task
 
 
 def _hash_tree(root):
@@ -291,3 +292,20 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_finishes(trained, tmp_path):
     assert state["epoch"] >= 0 and not [p for p in model.iterdir() if p.name.endswith(".tmp")]
     assert main(["train", "--output", str(model), "--resume"]) == 0
     assert torch.load(ck, weights_only=True)["epoch"] == 39
+
+
+@pytest.mark.parametrize("name", sorted(n for n in list_models() if model_task(n) == "segmentation"
+                                        and 2 in model_spatial_dims(n)))
+def test_every_segmentation_network_trains_and_predicts_by_name(trained, tmp_path, name):
+    """`--set model.name=...` is all a user needs: one step of training, then prediction."""
+    ds, _ = trained
+    model = tmp_path / name
+    assert main(["train", "--dataset", str(ds), "--output", str(model), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "32", "32",
+                 "--device", "cpu", "--set", f"model.name={name}"]) == 0
+    assert json.loads((model / "plan.json").read_text())["model"]["name"] == name
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--input", str(ds / "imagesTs"), "--output",
+                 str(out), "--device", "cpu"]) == 0
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == 2 and nib.load(preds[0]).shape[:2] == (32, 32)
