@@ -104,3 +104,22 @@ def test_classification_bad_table_is_a_clear_error(tmp_path, capsys):
                  str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "missing.png" in err and "Traceback" not in err
+
+
+def test_vit_classifier_by_name(tmp_path):
+    """The Transformer classifier (A7) through the same CLI, chosen by name."""
+    rng = np.random.default_rng(1)
+    xt, yt = _toy(64, rng)
+    xv, yv = _toy(16, rng)
+    npz = tmp_path / "toy.npz"
+    np.savez(npz, train_images=xt, train_labels=yt[:, None], val_images=xv,
+             val_labels=yv[:, None])
+    model = tmp_path / "vit"
+    assert main(["train", "--task", "classification", "--dataset", str(npz), "--output",
+                 str(model), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8",
+                 "--device", "cpu", "--set", "model.name=vit_classifier"]) == 0
+    assert json.loads((model / "plan.json").read_text())["model"]["name"] == "vit_classifier"
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--input", str(npz), "--output", str(pred),
+                 "--split", "val", "--device", "cpu"]) == 0
+    assert len(list(csv.DictReader(open(pred / "predictions.csv")))) == 16
