@@ -55,6 +55,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="work folder (data, model, results.json)")
     ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--modality", choices=("mr", "ct", "us"), default="mr")
+    ap.add_argument("--noise-level", type=float, default=1.0,
+                    help="phantom noise (US 2 = fully developed speckle: a harder task)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
@@ -64,7 +67,8 @@ def main() -> None:
     data = out / "data"
     if not (data / "dataset.json").exists():
         write_phantom_dataset(data, n_train=n_train, n_test=n_test, spatial_dims=2,
-                              shape=(size, size), modality="mr", lesion_fraction=0.01, seed=0)
+                              shape=(size, size), modality=a.modality, lesion_fraction=0.01, seed=0,
+                              noise_level=a.noise_level)
     model_dir = out / "model"
     if not (model_dir / "checkpoint_best.pt").exists():
         cfg = ExperimentConfig()
@@ -110,7 +114,8 @@ def main() -> None:
                      "forward_ms": 1000 * statistics.median(times),
                      "parameters": _used_parameters(net, d)})
     net.prune_depth = None
-    print(f"UNet++ L={net.depth}, {size}^2 MR phantoms, {len(arrays)} held-out images, "
+    print(f"UNet++ L={net.depth}, {size}^2 {a.modality.upper()} phantoms (noise level "
+          f"{a.noise_level:g}), {len(arrays)} held-out images, "
           f"{a.threads} threads")
     print("| head | held-out fg Dice | forward ms / image | parameters used |")
     print("|---|---|---|---|")
