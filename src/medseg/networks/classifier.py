@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import adaptive_avgpool_nd
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 
@@ -121,17 +122,7 @@ class ResNetClassifier(nn.Module):
         ]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            axes = ("D", "H", "W")[3 - self.spatial_dims:]
-            raise ValueError(
-                f"ResNetClassifier(spatial_dims={self.spatial_dims}) expects a "
-                f"(B, C, {', '.join(axes)}) tensor, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ResNetClassifier expects {self.in_channels} input channel(s), got "
-                f"{x.shape[1]} (shape {tuple(x.shape)}); set in_channels to match the data"
-            )
+        check_input(x, "ResNetClassifier", self.spatial_dims, self.in_channels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features: ``(B, in_channels, *spatial)`` -> ``(B, channels[-1])``."""

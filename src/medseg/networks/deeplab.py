@@ -27,6 +27,7 @@ from medseg.layers.aspp import ASPP
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import act_layer, conv_nd, dropout_nd, norm_layer
 from medseg.layers.init import init_he
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -226,16 +227,7 @@ class DeepLabV3Plus(nn.Module):
         return tuple(math.ceil(v / s) * s for v in spatial)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"DeepLabV3Plus(spatial_dims={self.spatial_dims}) expects a (B, C, *spatial) "
-                f"tensor with {self.spatial_dims} spatial axes, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"DeepLabV3Plus was built for in_channels={self.in_channels}, got an input "
-                f"with {x.shape[1]} channels (shape {tuple(x.shape)})"
-            )
+        check_input(x, "DeepLabV3Plus", self.spatial_dims, self.in_channels)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         spatial = tuple(x.shape[2:])

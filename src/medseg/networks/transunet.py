@@ -36,6 +36,7 @@ from medseg.layers.attention import PatchEmbedding, TransformerBlock
 from medseg.layers.conv import ConvBlock, ConvNormAct, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
 from medseg.layers.init import init_he
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 
@@ -192,17 +193,7 @@ class TransUNet(nn.Module):
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            axes = ("D", "H", "W")[3 - self.spatial_dims:]
-            raise ValueError(
-                f"TransUNet(spatial_dims={self.spatial_dims}) expects a (B, C, "
-                f"{', '.join(axes)}) tensor, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"TransUNet was built for in_channels={self.in_channels}, got an input with "
-                f"{x.shape[1]} channels (shape {tuple(x.shape)})"
-            )
+        check_input(x, "TransUNet", self.spatial_dims, self.in_channels)
         spatial = tuple(x.shape[2:])
         if not self.pad_input and spatial != self.valid_size(spatial):
             raise ValueError(

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from medseg.layers.conv import ConvBlock, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd, maxpool_nd
 from medseg.layers.init import init_he
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 DROPOUT_WHERE = ("decoder", "bottleneck", "all")
@@ -208,17 +209,7 @@ class UNet(nn.Module):
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            axes = ("D", "H", "W")[3 - self.spatial_dims:] if self.spatial_dims <= 3 else ()
-            raise ValueError(
-                f"UNet(spatial_dims={self.spatial_dims}) expects a (B, C, {', '.join(axes)}) "
-                f"tensor, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNet was built for in_channels={self.in_channels}, got an input with "
-                f"{x.shape[1]} channels (shape {tuple(x.shape)})"
-            )
+        check_input(x, "UNet", self.spatial_dims, self.in_channels)
         spatial = tuple(x.shape[2:])
         if not self.pad_input and any(
             s % d for s, d in zip(spatial, self.size_divisor, strict=True)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from medseg.layers.conv import ConvBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
 from medseg.layers.init import init_he
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 
@@ -215,12 +216,7 @@ class UNetPlusPlus(nn.Module):
             :attr:`prune_depth` alone when it is set (eval mode), or the single head without
             deep supervision.
         """
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNetPlusPlus(spatial_dims={self.spatial_dims}, in_channels="
-                f"{self.in_channels}) expects a (B, {self.in_channels}, *spatial) tensor with "
-                f"{self.spatial_dims} spatial axes, got shape {tuple(x.shape)}"
-            )
+        check_input(x, "UNetPlusPlus", self.spatial_dims, self.in_channels)
         spatial = tuple(x.shape[2:])
         target = self.valid_size(spatial)
         padded = target != spatial

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from medseg.layers.attention import PatchEmbedding, TransformerBlock
 from medseg.layers.conv import as_tuple
+from medseg.networks.inputs import check_input
 from medseg.networks.registry import register_model
 
 
@@ -143,17 +144,7 @@ class ViTClassifier(nn.Module):
         return [m for m in self.modules() if isinstance(m, nn.Dropout) and m.p > 0]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != self.spatial_dims + 2:
-            axes = ("D", "H", "W")[3 - self.spatial_dims:]
-            raise ValueError(
-                f"ViTClassifier(spatial_dims={self.spatial_dims}) expects a "
-                f"(B, C, {', '.join(axes)}) tensor, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ViTClassifier expects {self.in_channels} input channel(s), got {x.shape[1]} "
-                f"(shape {tuple(x.shape)}); set in_channels to match the data"
-            )
+        check_input(x, "ViTClassifier", self.spatial_dims, self.in_channels)
 
     def padded_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Spatial size after zero-padding each axis up to a multiple of the patch size."""
