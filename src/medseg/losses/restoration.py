@@ -41,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from medseg.physics.likelihoods import gamma_nll, poisson_nll, rician_nll
+from medseg.physics.likelihoods import gamma_nll, poisson_nll, reduce_nll, rician_nll
 from medseg.physics.restoration_data import NoiseParams
 
 __all__ = [
@@ -196,13 +196,7 @@ def restoration_nll(pred: torch.Tensor, observed: torch.Tensor, noise: NoisePara
         nll = rician_nll(obs, param, float(noise.sigma), reduction="none")
     else:
         nll = gamma_nll(obs, param, float(noise.looks), reduction="none")
-    if reduction == "none":
-        return nll
-    if reduction == "sum":
-        return nll.sum()
-    if reduction == "mean":
-        return nll.mean()
-    raise ValueError(f"reduction must be none, mean or sum, got {reduction!r}")
+    return reduce_nll(nll, reduction)
 
 
 class RestorationLoss(torch.nn.Module):

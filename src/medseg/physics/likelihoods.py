@@ -16,12 +16,13 @@ import math
 
 import torch
 
-__all__ = ["gamma_nll", "gaussian_hetero_nll", "poisson_nll", "rician_nll"]
+__all__ = ["gamma_nll", "gaussian_hetero_nll", "poisson_nll", "reduce_nll", "rician_nll"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-def _reduce(value: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_nll(value: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply ``reduction`` (``"none"``, ``"mean"`` or ``"sum"``) to a per-voxel NLL."""
     if reduction == "none":
         return value
     if reduction == "mean":
@@ -61,7 +62,7 @@ def poisson_nll(
     nll = rate - torch.xlogy(counts, rate)
     if full:
         nll = nll + torch.lgamma(counts + 1.0)
-    return _reduce(nll, reduction)
+    return reduce_nll(nll, reduction)
 
 
 def rician_nll(
@@ -111,7 +112,7 @@ def rician_nll(
         + (x - nu) ** 2 / (2.0 * var)
         - torch.log(torch.special.i0e(z))
     )
-    return _reduce(nll, reduction)
+    return reduce_nll(nll, reduction)
 
 
 def gamma_nll(
@@ -154,7 +155,7 @@ def gamma_nll(
         - torch.xlogy(L - 1.0, y)
         + L * y / mean
     )
-    return _reduce(nll, reduction)
+    return reduce_nll(nll, reduction)
 
 
 def gaussian_hetero_nll(
@@ -180,4 +181,4 @@ def gaussian_hetero_nll(
     nll = 0.5 * (log_var + (y - mean) ** 2 * torch.exp(-log_var))
     if full:
         nll = nll + 0.5 * math.log(2.0 * math.pi)
-    return _reduce(nll, reduction)
+    return reduce_nll(nll, reduction)

@@ -67,6 +67,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def load_trained_network(
+    folder: str | Path,
+    plan: dict[str, Any],
+    checkpoint: str = "best",
+    device: str = "auto",
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+) -> tuple[torch.nn.Module, torch.device]:
+    """Build the network a model folder's ``plan.json`` names and load its weights.
+
+    Args:
+        folder: The model folder.
+        plan: Its ``plan.json`` (``model.name``, ``model.options``, ``spatial_dims`` and, unless
+            given here, ``in_channels`` / ``num_classes``).
+        checkpoint: ``"best"`` (falls back to the last checkpoint when there is no best yet) or
+            ``"last"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
+        in_channels: Override of the plan's input channels.
+        num_classes: Override of the plan's output channels.
+
+    Returns:
+        The network in eval mode on ``device``, and the device.
+
+    Raises:
+        InputError: missing or unreadable checkpoint.
+    """
+    from medseg.networks import create_model
+
+    folder = Path(folder)
+    ck = folder / (BEST_NAME if checkpoint == "best" else LAST_NAME)
+    if checkpoint == "best" and not ck.exists() and (folder / LAST_NAME).exists():
+        ck = folder / LAST_NAME
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    state = load_checkpoint(ck, map_location=dev)
+    model = create_model(
+        plan["model"]["name"], spatial_dims=plan["spatial_dims"],
+        in_channels=plan["in_channels"] if in_channels is None else in_channels,
+        num_classes=plan["num_classes"] if num_classes is None else num_classes,
+        **plan["model"]["options"])
+    model.load_state_dict(state["model"])
+    return model.to(dev).eval(), dev
+
+
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     """JSON with the same temp-file-and-rename discipline."""
     atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=_jsonable))

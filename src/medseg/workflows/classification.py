@@ -27,9 +27,11 @@ from medseg.metrics.classification import (
     roc_curve,
     write_classification_metrics,
 )
-from medseg.networks import create_model
 from medseg.reports import save_roc_curve, write_report
-from medseg.training.checkpoint import BEST_NAME, LAST_NAME, PLAN_NAME, load_checkpoint
+from medseg.training.checkpoint import (
+    PLAN_NAME,
+    load_trained_network,
+)
 from medseg.training.classify import predict_classifier, preprocess_cls_images
 
 
@@ -41,17 +43,8 @@ def load_classifier(folder: str | Path, checkpoint: str = "best", device: str = 
     if plan.get("task") != "classification":
         raise InputError("not a classification model folder", folder,
                          "use it with segmentation inputs, or train a classifier")
-    ck = folder / (BEST_NAME if checkpoint == "best" else LAST_NAME)
-    if not ck.exists():
-        ck = folder / LAST_NAME
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    state = load_checkpoint(ck, map_location=dev)
-    model = create_model(plan["model"]["name"], spatial_dims=plan["spatial_dims"],
-                         in_channels=plan["in_channels"], num_classes=plan["num_classes"],
-                         **plan["model"]["options"])
-    model.load_state_dict(state["model"])
-    return model.to(dev).eval(), plan, dev
+    model, dev = load_trained_network(folder, plan, checkpoint, device)
+    return model, plan, dev
 
 
 def _inputs(path: Path, split: str | None) -> tuple[list[str], list[np.ndarray] | np.ndarray,

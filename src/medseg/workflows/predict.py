@@ -25,8 +25,10 @@ from medseg.inference import predict_probs
 from medseg.io import is_dicom_folder, list_image_files, read_image, write_image, write_label
 from medseg.io.files import file_suffix
 from medseg.io.meta import ImageMeta
-from medseg.networks import create_model
-from medseg.training.checkpoint import BEST_NAME, LAST_NAME, PLAN_NAME, load_checkpoint
+from medseg.training.checkpoint import (
+    PLAN_NAME,
+    load_trained_network,
+)
 
 ImageSource = Path | tuple[Path, ...]
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -67,17 +69,7 @@ class TrainedModel:
             info = json.loads(plan_path.read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"plan.json is not valid JSON ({e})", plan_path) from None
-        ck_path = folder / (BEST_NAME if checkpoint == "best" else LAST_NAME)
-        if checkpoint == "best" and not ck_path.exists() and (folder / LAST_NAME).exists():
-            ck_path = folder / LAST_NAME
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
-        ck = load_checkpoint(ck_path, map_location=dev)
-        model = create_model(info["model"]["name"], spatial_dims=info["spatial_dims"],
-                             in_channels=info["in_channels"], num_classes=info["num_classes"],
-                             **info["model"]["options"])
-        model.load_state_dict(ck["model"])
-        model.to(dev).eval()
+        model, dev = load_trained_network(folder, info, checkpoint, device)
         return cls(folder, model, PreprocessPlan.from_dict(info["preprocess"]), info, dev)
 
     @property

@@ -26,9 +26,11 @@ from medseg.io import list_image_files, read_image, write_image
 from medseg.io.atomic import atomic_write_text
 from medseg.losses.restoration import restoration_nll
 from medseg.metrics.image_quality import psnr, ssim
-from medseg.networks import create_model
 from medseg.physics.restoration_data import NoiseParams, read_restoration_json
-from medseg.training.checkpoint import BEST_NAME, LAST_NAME, PLAN_NAME, load_checkpoint
+from medseg.training.checkpoint import (
+    PLAN_NAME,
+    load_trained_network,
+)
 from medseg.training.restore import check_domain, predict_clean
 
 RECORD_NAME = "restoration.json"
@@ -51,16 +53,9 @@ def load_restoration_model(folder: str | Path, checkpoint: str = "best", device:
         raise InputError("not a restoration model folder", folder,
                          "train one with medseg train --task restoration")
     noise = NoiseParams.from_dict(plan.get("noise"), plan_path)
-    ck = folder / (BEST_NAME if checkpoint == "best" else LAST_NAME)
-    if not ck.exists():
-        ck = folder / LAST_NAME
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    state = load_checkpoint(ck, map_location=dev)
-    model = create_model(plan["model"]["name"], spatial_dims=plan["spatial_dims"],
-                         in_channels=1, num_classes=1, **plan["model"]["options"])
-    model.load_state_dict(state["model"])
-    return model.to(dev).eval(), plan, noise, dev
+    model, dev = load_trained_network(folder, plan, checkpoint, device, in_channels=1,
+                                      num_classes=1)
+    return model, plan, noise, dev
 
 
 def _case_id(path: Path) -> str:
