@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import adaptive_avgpool_nd
-from medseg.networks.inputs import check_input
+from medseg.networks.common import check_input, dropout_modules
 from medseg.networks.registry import register_model
 
 
@@ -116,10 +116,7 @@ class ResNetClassifier(nn.Module):
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
-        return [
-            m for m in self.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-        ]
+        return dropout_modules(self)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, "ResNetClassifier", self.spatial_dims, self.in_channels)

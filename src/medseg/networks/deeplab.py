@@ -15,7 +15,6 @@ upsamples the logits to the input size.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ from medseg.layers.aspp import ASPP
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import act_layer, conv_nd, dropout_nd, norm_layer
 from medseg.layers.init import init_he
-from medseg.networks.inputs import check_input
+from medseg.networks.common import check_input, dropout_modules, round_up_size
 from medseg.networks.registry import register_model
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -216,15 +215,11 @@ class DeepLabV3Plus(nn.Module):
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
-        return [
-            m for m in self.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-        ]
+        return dropout_modules(self)
 
     def valid_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The smallest size >= ``spatial`` that is a multiple of :attr:`output_stride`."""
-        s = self.output_stride
-        return tuple(math.ceil(v / s) * s for v in spatial)
+        return round_up_size(spatial, self.output_stride)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, "DeepLabV3Plus", self.spatial_dims, self.in_channels)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from medseg.layers.conv import ConvBlock, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd, maxpool_nd
 from medseg.layers.init import init_he
-from medseg.networks.inputs import check_input
+from medseg.networks.common import check_input, dropout_modules, round_up_size
 from medseg.networks.registry import register_model
 
 DROPOUT_WHERE = ("decoder", "bottleneck", "all")
@@ -197,16 +197,11 @@ class UNet(nn.Module):
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
-        return [
-            m for m in self.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-        ]
+        return dropout_modules(self)
 
     def valid_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The smallest size >= ``spatial`` that is a multiple of :attr:`size_divisor`."""
-        return tuple(
-            math.ceil(s / d) * d for s, d in zip(spatial, self.size_divisor, strict=True)
-        )
+        return round_up_size(spatial, self.size_divisor)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, "UNet", self.spatial_dims, self.in_channels)

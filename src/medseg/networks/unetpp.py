@@ -21,7 +21,6 @@ correlations below 1, the variance ``w^T Sigma w`` of the average is below any s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from medseg.layers.conv import ConvBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
 from medseg.layers.init import init_he
-from medseg.networks.inputs import check_input
+from medseg.networks.common import check_input, dropout_modules, round_up_size
 from medseg.networks.registry import register_model
 
 
@@ -170,10 +169,7 @@ class UNetPlusPlus(nn.Module):
 
     def dropout_layers(self) -> list[nn.Module]:
         """The dropout modules (``p > 0``), in forward order, for MC Dropout."""
-        return [
-            m for m in self.modules()
-            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-        ]
+        return dropout_modules(self)
 
     def node_order(self, depth: int | None = None) -> list[tuple[int, int]]:
         """The nodes ``(i, j)`` computed for a sub-network of ``depth`` (default ``L``).
@@ -186,9 +182,7 @@ class UNetPlusPlus(nn.Module):
 
     def valid_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """The smallest size >= ``spatial`` that is a multiple of :attr:`size_divisor`."""
-        return tuple(
-            math.ceil(s / d) * d for s, d in zip(spatial, self.size_divisor, strict=True)
-        )
+        return round_up_size(spatial, self.size_divisor)
 
     def _top_row(self, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
         """Top-row nodes ``[X^{0,1}, ..., X^{0,depth}]`` of the sub-network of ``depth``."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from medseg.layers.attention import PatchEmbedding, TransformerBlock
 from medseg.layers.conv import as_tuple
-from medseg.networks.inputs import check_input
+from medseg.networks.common import check_input, dropout_modules, round_up_size
 from medseg.networks.registry import register_model
 
 
@@ -141,7 +141,7 @@ class ViTClassifier(nn.Module):
 
     def dropout_layers(self) -> list[nn.Module]:
         """The ``nn.Dropout`` modules with ``p > 0``, in forward order, for MC Dropout."""
-        return [m for m in self.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        return dropout_modules(self)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, "ViTClassifier", self.spatial_dims, self.in_channels)
@@ -153,7 +153,7 @@ class ViTClassifier(nn.Module):
             raise ValueError(
                 f"expected {self.spatial_dims} positive spatial sizes, got {spatial}"
             )
-        return tuple(-(-s // p) * p for s, p in zip(spatial, self.patch_size, strict=True))
+        return round_up_size(spatial, self.patch_size)
 
     def tokens(self, x: torch.Tensor | Sequence[int]) -> int:
         """Number of patch tokens ``N = prod(ceil(size / patch_size))`` for an input.

@@ -1,8 +1,12 @@
-"""The input check every network runs first: a clear message instead of a conv shape error."""
+"""What every network shares: the input check, the MC Dropout layer list, the padded size."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 
 def check_input(x: torch.Tensor, name: str, spatial_dims: int, in_channels: int) -> None:
@@ -30,3 +34,15 @@ def check_input(x: torch.Tensor, name: str, spatial_dims: int, in_channels: int)
             f"got an input with {x.shape[1]} channels (shape {tuple(x.shape)}); set in_channels "
             "to match the data"
         )
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    """The dropout modules of ``model`` with ``p > 0``, in forward order (for MC Dropout)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def round_up_size(spatial: Sequence[int], divisor: Sequence[int] | int) -> tuple[int, ...]:
+    """The smallest size ``>= spatial`` that is a multiple of ``divisor`` on every axis."""
+    div = [divisor] * len(spatial) if isinstance(divisor, int) else list(divisor)
+    return tuple(math.ceil(s / d) * d for s, d in zip(spatial, div, strict=True))
