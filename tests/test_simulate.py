@@ -108,3 +108,22 @@ def test_simulate_refuses_a_non_empty_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: unknown modality
         main(["simulate", "--modality", "pet", "--n", "1", "--out", str(out)])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("modality, extra", [("mr", ["--acceleration", "2"]),
+                                             ("us", ["--looks", "1"])])
+def test_medseg_train_runs_on_simulated_data_unchanged(tmp_path, modality, extra):
+    """The simulator's folder goes straight into `medseg train` (its noise model picked by the
+    modality), then `medseg predict` on its held-out images."""
+    sim = tmp_path / "sim"
+    assert main(["simulate", "--modality", modality, "--n", "4", "--n-test", "1", "--size", "32",
+                 "--out", str(sim), *extra]) == 0
+    model = tmp_path / "model"
+    assert main(["train", "--dataset", str(sim), "--output", str(model), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "32", "32",
+                 "--device", "cpu", "--set", "model.options.channels=[8,16,32]"]) == 0
+    plan = json.loads((model / "plan.json").read_text())
+    assert plan["preprocess"]["normalization"][0]["modality"] == modality.upper()
+    assert main(["predict", "--model", str(model), "--input", str(sim / "imagesTs"),
+                 "--output", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 1
