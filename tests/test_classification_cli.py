@@ -52,7 +52,11 @@ def test_npz_single_label_train_predict_evaluate(tmp_path, capsys):
     lo, hi = doc["summary"]["ci"]["macro"]["auroc"]
     assert lo <= macro["auroc"] <= hi
     assert (ev / "roc.png").is_file() and (ev / "report.html").is_file()
-    assert "auroc" in capsys.readouterr().out
+    cal = doc["summary"]["calibration"]
+    assert 0 <= cal["ece"] <= cal["mce"] <= 1 and sum(cal["reliability"]["count"]) == 60
+    assert (ev / "reliability.png").is_file()
+    out = capsys.readouterr().out
+    assert "auroc" in out and "ECE=" in out
 
 
 def test_csv_multilabel_with_missing_labels(tmp_path):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from medseg.io.atomic import atomic_write_text
+from medseg.metrics.calibration import classification_calibration
 
 MISSING = -1
 #: Per-class metrics reported by :func:`evaluate_classification`.
@@ -352,6 +353,7 @@ def evaluate_classification(
              "macro": {"auroc", ..., "f1", "accuracy", "balanced_accuracy"},
              "confusion": {"labels": names, "matrix": [[...]]}          # single-label
                         | {name: {"tp", "fp", "tn", "fn"}},               # multi-label
+             "calibration": {"ece", "mce", "brier", "reliability", ...},  # metrics.calibration
              "ci": {"level", "n_boot", "seed", "stratified",
                     "per_class": {name: {metric: [low, high]}}, "macro": {metric: [low, high]}}}
 
@@ -393,6 +395,7 @@ def evaluate_classification(
         "per_class": per_class,
         "macro": macro,
         "confusion": confusion,
+        "calibration": _jsonable(classification_calibration(p, y, task, names)),
     }
     if n_boot > 0 and n > 0:
         strat = y if (stratified and task == "single") else None

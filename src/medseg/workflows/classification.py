@@ -27,7 +27,7 @@ from medseg.metrics.classification import (
     roc_curve,
     write_classification_metrics,
 )
-from medseg.reports import save_roc_curve, write_report
+from medseg.reports import save_reliability_diagram, save_roc_curve, write_report
 from medseg.training.checkpoint import (
     PLAN_NAME,
     load_trained_network,
@@ -147,8 +147,17 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
     files = [json_path, csv_path]
     if curves:
         files.append(save_roc_curve(out / "roc.png", curves))
+    cal = res["calibration"]
+    if cal["ece"] is not None:
+        files.append(save_reliability_diagram(
+            out / "reliability.png", cal["reliability"], cal["ece"],
+            title="top-label reliability" if ds.task == "single" else
+            "reliability (every observed label)"))
     summary = {"all": {k: {"mean": v, "n": res["n_cases"]} for k, v in res["macro"].items()
                        if v is not None}}
+    for k in ("ece", "brier"):
+        if cal[k] is not None:
+            summary["all"][k] = {"mean": cal[k], "n": res["n_cases"]}
     files.append(write_report(out, "medseg classification evaluation", summary,
                               [f for f in files if str(f).endswith(".png")],
                               notes=[f"predictions: {pred}", f"labels: {ref}",
@@ -162,5 +171,7 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
         iv = ci.get(k)
         parts.append(f"{k}={m[k]:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]"
                                           if iv and None not in iv else ""))
+    if cal["ece"] is not None:
+        parts.append(f"ECE={cal['ece']:.4f} Brier={cal['brier']:.4f}")
     log("  ".join(parts))
     return {"result": res, "files": files}
