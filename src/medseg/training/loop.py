@@ -66,6 +66,7 @@ class TrainResult:
     best_dice: float
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    is_main: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -377,7 +378,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
                            for c, w in enumerate(acw.weights)}
             row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **weights,
                    "data_wait_fraction": wait / max(t_train, 1e-9),
-                   "epoch_seconds": time.perf_counter() - t0, **val}
+                   "epoch_seconds": time.perf_counter() - t0, "processes": info.world_size,
+                   **val}
             history.append(row)
 
             train_seconds += time.perf_counter() - t0
@@ -419,7 +421,7 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             f"{last_path} (epoch {epoch}). Continue with --resume.")
     finally:
         cleanup(info)
-    return TrainResult(out, epoch, best, history, interrupted)
+    return TrainResult(out, epoch, best, history, interrupted, info.is_main)
 
 
 def _fit_budget(cfg: ExperimentConfig, epoch: int, planned: int, spent: float,

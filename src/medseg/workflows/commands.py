@@ -75,8 +75,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         metric = "Dice"
     if result.interrupted:
         return 130
-    print(f"model written to {result.output_dir} (best validation {metric} "
-          f"{result.best_dice:.4f})")
+    if result.is_main:  # under torchrun only rank 0 reports (it alone validates and saves)
+        print(f"model written to {result.output_dir} (best validation {metric} "
+              f"{result.best_dice:.4f})")
     return 0
 
 
