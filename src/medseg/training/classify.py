@@ -12,8 +12,6 @@ the loss nor to the metrics.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,25 +20,11 @@ import torch
 
 from medseg.losses import masked_bce_with_logits, masked_cross_entropy
 from medseg.metrics.classification import evaluate_classification
-from medseg.training.checkpoint import (
-    BEST_NAME,
-    CONFIG_NAME,
-    LOG_NAME,
-    PLAN_NAME,
-    atomic_torch_save,
-    atomic_write_json,
-    load_checkpoint,
-)
 from medseg.training.config import ExperimentConfig
+from medseg.training.fit import fit_epochs
 from medseg.training.loop import (
     TrainResult,
-    _fit_budget,
-    _fmt_time,
-    _write_log,
-    build_optimizer,
     check_output_folder,
-    epoch_seed,
-    lr_at,
     resolve_device,
 )
 from medseg.training.prepare import build_model
@@ -146,98 +130,35 @@ def train_classifier(cfg: ExperimentConfig, data: ClsArrays, resume: bool = Fals
     cfg, out, last_path = check_output_folder(cfg, resume)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, data.in_channels, data.num_classes, data.spatial_dims).to(device)
-    optimizer = build_optimizer(cfg, model)
-    start_epoch, best, history, spent = 0, -1.0, [], 0.0
-    planned = cfg.train.epochs
-    if resume:
-        ck = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        start_epoch, best = int(ck["epoch"]) + 1, float(ck["best_metric"])
-        history, planned = list(ck["history"]), int(ck["planned_epochs"])
-        spent = float(ck.get("train_seconds", 0.0))
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / CONFIG_NAME)
-    atomic_write_json({
+    plan_json = {
         "format": "medseg-plan/1", "task": "classification", "label_task": data.task,
         "spatial_dims": data.spatial_dims, "in_channels": data.in_channels,
         "num_classes": data.num_classes, "class_names": data.class_names,
         "image_shape": list(data.train_x.shape[2:]),
         "model": {"name": cfg.model_name(), "options": dict(cfg.model.options)},
         **(plan or {}),
-    }, out / PLAN_NAME)
+    }
 
-    n, bs = len(data.train_x), cfg.train.batch_size
-    steps = cfg.train.steps_per_epoch
-    t_start = time.perf_counter()
-    epoch, interrupted = start_epoch, False
-    model.train()
-    try:
-        while epoch < planned:
-            t0 = time.perf_counter()
-            es = epoch_seed(cfg.train.seed, epoch, 0)
-            torch.manual_seed(es)
-            rng = np.random.default_rng(es)
-            aug = Augmenter(cfg.augment, data.spatial_dims, seed=es) \
-                if cfg.augment.enabled else None
-            order = np.concatenate([rng.permutation(n) for _ in range(
-                math.ceil(steps * bs / max(n, 1)) + 1)])
-            losses = []
-            for step in range(steps):
-                idx = np.sort(order[step * bs:(step + 1) * bs])
-                x = torch.from_numpy(data.train_x[idx])
-                if aug is not None:
-                    x, _ = aug(x)
-                y = torch.from_numpy(data.train_y[idx]).to(device)
-                lr = lr_at(cfg, (epoch * steps + step) / max(1, planned * steps), epoch)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                loss = classification_loss(model(x.to(device)), y, data.task)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                lv = float(loss.detach())
-                if not math.isfinite(lv):
-                    raise FloatingPointError(f"loss became {lv} at epoch {epoch} step {step}; "
-                                             "lower optim.lr")
-                losses.append(lv)
-            t_train = time.perf_counter() - t0
-            if cfg.train.max_minutes > 0:
-                planned = _fit_budget(cfg, epoch, planned, spent + t_train, say)
-            last = epoch + 1 == planned
-            val = {}
-            if len(data.val_x) and (last or (cfg.train.val_every > 0
-                                             and (epoch + 1) % cfg.train.val_every == 0)):
-                val = _val_metrics(model, data, device)
-            spent += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                            "lr": lr, "epoch_seconds": time.perf_counter() - t0, **val})
-            metric = val.get("val_auroc", float("nan"))
-            is_best = bool(val) and not math.isnan(metric) and metric > best
-            if is_best:
-                best = metric
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "planned_epochs": planned, "best_metric": best,
-                     "train_seconds": spent, "history": history,
-                     "num_classes": data.num_classes, "in_channels": data.in_channels,
-                     "spatial_dims": data.spatial_dims}
-            atomic_torch_save(state, last_path)
-            if is_best or not len(data.val_x):
-                atomic_torch_save(state, out / BEST_NAME)
-            _write_log(out / LOG_NAME, history)
-            per_epoch = (time.perf_counter() - t_start) / (epoch + 1 - start_epoch)
-            eta = per_epoch * (planned - epoch - 1)
-            vtxt = "".join(f"  {k[4:]} {v:.3f}" for k, v in val.items())
-            say(f"  epoch {epoch + 1}/{planned}  loss {np.mean(losses):.4f}{vtxt}  "
-                f"{history[-1]['epoch_seconds']:.1f}s  left ~{_fmt_time(eta)}")
-            epoch += 1
-    except KeyboardInterrupt:
-        interrupted = True
-        say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is kept at "
-            f"{last_path} (epoch {epoch}). Continue with --resume.")
-    return TrainResult(out, epoch, best, history, interrupted)
+    def make_epoch(es: int, rng: np.random.Generator) -> Callable[[np.ndarray], torch.Tensor]:
+        aug = Augmenter(cfg.augment, data.spatial_dims, seed=es) if cfg.augment.enabled else None
+
+        def batch_loss(idx: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(data.train_x[idx])
+            if aug is not None:
+                x, _ = aug(x)
+            y = torch.from_numpy(data.train_y[idx]).to(device)
+            return classification_loss(model(x.to(device)), y, data.task)
+
+        return batch_loss
+
+    return fit_epochs(
+        cfg, model, device, out, last_path, resume, plan_json, len(data.train_x), make_epoch,
+        validate=(lambda: _val_metrics(model, data, device)) if len(data.val_x) else None,
+        metric="val_auroc", higher_is_better=True, initial_best=-1.0,
+        state_extra={"num_classes": data.num_classes, "in_channels": data.in_channels,
+                     "spatial_dims": data.spatial_dims},
+        describe_val=lambda val: "".join(f"  {k[4:]} {v:.3f}" for k, v in val.items()),
+        say=say)
 
 
 def preprocess_cls_images(images: np.ndarray | list[np.ndarray], image_size: list[int] | None,
