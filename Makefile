@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 env: $(VENV)/.installed
 
 demo: env
-	$(VENV)/bin/medseg demo --out $(DEMO_OUT)
+	$(VENV)/bin/medseg demo --output $(DEMO_OUT)
 
 test: env
 	$(PY) -m pytest

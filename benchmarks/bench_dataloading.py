@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from medseg.data import PatchBatchLoader, PatchSampler  # noqa: E402
 from medseg.losses import DiceCELoss  # noqa: E402
 from medseg.networks import create_model  # noqa: E402
-from medseg.physics import make_phantom  # noqa: E402
+from medseg.physics import PhantomSpec, make_phantom  # noqa: E402
 from medseg.transforms import AugmentConfig, Augmenter  # noqa: E402
 
 CASES = {
@@ -45,8 +45,8 @@ CASES = {
 def _cases(c: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
     imgs, labs = [], []
     for i in range(c["n"]):
-        x, y, _ = make_phantom(c["dims"], (c["size"],) * c["dims"], "mr", lesion_fraction=0.01,
-                               seed=i)
+        spec = PhantomSpec(shape=(c["size"],) * c["dims"], modality="mr", lesion_fraction=0.01)
+        x, y, _ = make_phantom(spec, seed=i)
         x = (x - x.mean()) / (x.std() + 1e-8)
         imgs.append(x[None].astype(np.float32))
         labs.append(y.astype(np.int64))

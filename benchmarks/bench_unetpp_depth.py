@@ -26,10 +26,10 @@ import torch  # noqa: E402
 
 from medseg.io import read_image, read_label  # noqa: E402
 from medseg.metrics import dice  # noqa: E402
-from medseg.physics import write_phantom_dataset  # noqa: E402
+from medseg.physics import PhantomSpec, write_phantom_dataset  # noqa: E402
+from medseg.tasks.segmentation import SegmentationModel  # noqa: E402
 from medseg.training.config import ExperimentConfig  # noqa: E402
-from medseg.training.loop import train  # noqa: E402
-from medseg.workflows.predict import TrainedModel  # noqa: E402
+from medseg.training.engine import train  # noqa: E402
 
 
 def _used_parameters(model: torch.nn.Module, depth: int | None) -> int:
@@ -66,9 +66,9 @@ def main() -> None:
     size, n_train, n_test = (64, 12, 4) if a.quick else (128, 40, 10)
     data = out / "data"
     if not (data / "dataset.json").exists():
-        write_phantom_dataset(data, n_train=n_train, n_test=n_test, spatial_dims=2,
-                              shape=(size, size), modality=a.modality, lesion_fraction=0.01, seed=0,
-                              noise_level=a.noise_level)
+        spec = PhantomSpec(shape=(size, size), modality=a.modality, lesion_fraction=0.01,
+                           noise_level=a.noise_level)
+        write_phantom_dataset(data, spec, n_train=n_train, n_test=n_test, seed=0)
     model_dir = out / "model"
     if not (model_dir / "checkpoint_best.pt").exists():
         cfg = ExperimentConfig()
@@ -84,7 +84,7 @@ def main() -> None:
         cfg.train.max_minutes = 2.0 if a.quick else 12.0
         cfg.optim.lr = 3e-3
         train(cfg)
-    tm = TrainedModel.load(model_dir, device="cpu")
+    tm = SegmentationModel.load(model_dir, device="cpu")
     net = tm.model.eval()
     images = sorted((data / "imagesTs").glob("*.nii.gz"))
     arrays = []
@@ -98,7 +98,7 @@ def main() -> None:
         net.prune_depth = d
         dices, times = [], []
         for img, meta, lab in arrays:
-            probs = tm.predict(img, meta, tta=False)
+            probs = tm.predict(img, meta, tta=False).probs
             pred = probs.argmax(0).numpy()
             fg = [float(dice(pred == c, lab == c)) for c in range(1, probs.shape[0])]
             dices.append(float(np.mean(fg)))

@@ -233,7 +233,7 @@ def test_predict_bad_inputs(trained, tmp_path, capsys):
 
 def test_3d_and_multichannel_msd(tmp_path):
     """A 3D nnU-Net folder with two channels per case (``case_0000``, ``case_0001``)."""
-    from medseg.physics import make_phantom
+    from medseg.physics import PhantomSpec, make_phantom
 
     root = tmp_path / "mc"
     (root / "imagesTr").mkdir(parents=True)
@@ -241,7 +241,8 @@ def test_3d_and_multichannel_msd(tmp_path):
     (root / "imagesTs").mkdir()
     aff = np.diag([1.5, 1.5, 3.0, 1.0])
     for i in range(5):
-        x, y, _ = make_phantom(3, (24, 24, 12), "mr", lesion_fraction=0.02, seed=i)
+        spec = PhantomSpec(shape=(24, 24, 12), modality="mr", lesion_fraction=0.02)
+        x, y, _ = make_phantom(spec, seed=i)
         second = np.sqrt(np.abs(x)).astype(np.float32)  # a second "contrast"
         d = root / ("imagesTs" if i == 4 else "imagesTr")
         nib.save(nib.Nifti1Image(x.astype(np.float32), aff), d / f"c{i}_0000.nii.gz")

@@ -642,10 +642,10 @@ def test_read_image_roundtrip_sanity(tmp_path):
 def test_make_plan_accepts_one_scheme_for_all_channels(tmp_path):
     from medseg.data import make_plan, open_dataset, validate_dataset
     from medseg.errors import ConfigError
-    from medseg.physics import write_phantom_dataset
+    from medseg.physics import PhantomSpec, write_phantom_dataset
 
-    root = write_phantom_dataset(tmp_path / "p", n_train=2, n_test=0, spatial_dims=2,
-                                 shape=(24, 24), modality="ct", seed=0)
+    root = write_phantom_dataset(tmp_path / "p", PhantomSpec(shape=(24, 24), modality="ct"),
+                                 n_train=2, n_test=0, seed=0)
     ds = open_dataset(root)
     summary = validate_dataset(ds, 2)
     assert [n.scheme for n in make_plan(summary, ds).normalization] == ["ct"]

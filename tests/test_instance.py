@@ -232,7 +232,7 @@ def test_real_dsb2018_loads(shared_data):
 
 
 def test_instance_table_areas_in_mm():
-    from medseg.workflows.instance import instance_table
+    from medseg.tasks.instance import instance_table
 
     lab = np.zeros((4, 5), dtype=np.int64)
     lab[0, :3] = 1

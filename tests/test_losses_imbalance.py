@@ -524,13 +524,13 @@ def _phantom_run(size: int, n_train: int, steps: int, seed_model: int = 0):
     Binary task: the organ label (1) is merged into the background, lesion (2) -> 1.
     """
     from medseg.networks import create_model
-    from medseg.physics import make_phantom
+    from medseg.physics import PhantomSpec, make_phantom
 
     def data(seeds):
         ims, lbs = [], []
         for s in seeds:
-            im, lb, _ = make_phantom(2, (size, size), "mr", lesion_fraction=0.001, n_lesions=1,
-                                     seed=s)
+            im, lb, _ = make_phantom(PhantomSpec(shape=(size, size), modality="mr",
+                                                 lesion_fraction=0.001, n_lesions=1), seed=s)
             ims.append(im)
             lbs.append(lb == 2)
         return torch.tensor(np.stack(ims))[:, None], torch.tensor(np.stack(lbs)).long()

@@ -85,10 +85,10 @@ def test_log_zscore_makes_speckle_signal_independent():
 
 
 def test_make_plan_physics_choices(tmp_path):
-    from medseg.physics import write_phantom_dataset
+    from medseg.physics import PhantomSpec, write_phantom_dataset
 
-    root = write_phantom_dataset(tmp_path / "ct", n_train=2, n_test=0, spatial_dims=2,
-                                 shape=(24, 24), modality="ct", seed=0)
+    root = write_phantom_dataset(tmp_path / "ct", PhantomSpec(shape=(24, 24), modality="ct"),
+                                 n_train=2, n_test=0, seed=0)
     ds = open_dataset(root)
     summary = validate_dataset(ds, 2)
     assert [n.scheme for n in make_plan(summary, ds).normalization] == ["ct"]

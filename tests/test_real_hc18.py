@@ -13,9 +13,9 @@ from medseg.data import fill_outline_masks
 from medseg.io import read_image, read_label
 from medseg.metrics import dice
 from medseg.metrics.shape import fit_ellipse
+from medseg.tasks.segmentation import SegmentationModel
 from medseg.training.config import ExperimentConfig
-from medseg.training.loop import train
-from medseg.workflows.predict import TrainedModel
+from medseg.training.engine import train
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_hc18_short_training_beats_chance(hc18_subset, tmp_path):
     cfg.output_dir = str(tmp_path / "model")
     res = train(cfg, log=lambda s: None)
     assert not res.interrupted
-    model = TrainedModel.load(tmp_path / "model")
+    model = SegmentationModel.load(tmp_path / "model")
     import json
 
     val_ids = json.loads((tmp_path / "model" / "plan.json").read_text())["val_ids"]
@@ -65,7 +65,7 @@ def test_hc18_short_training_beats_chance(hc18_subset, tmp_path):
     for cid in val_ids:
         img, meta = read_image(hc18_subset / "images" / f"{cid}.png")
         ref, _ = read_label(hc18_subset / "masks" / f"{cid}.png")
-        pred = model.predict(img, meta).argmax(0).numpy()
+        pred = model.predict(img, meta).probs.argmax(0).numpy()
         assert pred.shape == ref.shape  # back on the original 540x800 grid
         dices.append(dice(pred == 1, ref == 1))
         chance.append(dice(np.ones_like(ref, bool), ref == 1))  # "everything is head"

@@ -32,8 +32,8 @@ from medseg.physics.restoration_data import (
     read_restoration_json,
     write_restoration_dataset,
 )
+from medseg.tasks.restoration import load_restoration_pairs
 from medseg.training.config import ExperimentConfig
-from medseg.training.restore import load_restoration_pairs
 
 MR = NoiseParams("MR", 1.0, sigma=1.0)
 US2 = NoiseParams("US", 255.0, looks=2.0, dynamic_range_db=60.0, reference=1.0)
@@ -199,7 +199,7 @@ def test_dataset_is_deterministic_and_has_independent_realisations(tmp_path: Pat
 
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     ds, model, pred, ev = (tmp_path / n for n in ("ds", "model", "pred", "ev"))
-    assert cli_main(["restoration-data", "--out", str(ds), "--modality", "us", "--n", "4",
+    assert cli_main(["restoration-data", "--output", str(ds), "--modality", "us", "--n-train", "4",
                      "--n-test", "2", "--size", "32", "--level", "2", "--seed", "1"]) == 0
     assert cli_main(["train", "--task", "restoration", "--dataset", str(ds), "--output",
                      str(model), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
@@ -261,7 +261,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_sample_pairs_crops_and_mirrors_input_and_target_alike():
-    from medseg.training.restore import sample_pairs
+    from medseg.tasks.restoration import sample_pairs
 
     x = np.arange(2 * 36, dtype=np.float32).reshape(2, 1, 6, 6)
     y = x + 1000.0

@@ -23,8 +23,8 @@ def _arrays(root):
 
 def test_simulate_writes_a_trainable_dataset(tmp_path, capsys):
     out = tmp_path / "sim"
-    args = ["simulate", "--modality", "ct", "--dims", "2", "--n", "3", "--size", "32",
-            "--out", str(out), "--seed", "4", "--dose", "2e5"]
+    args = ["simulate", "--modality", "ct", "--dims", "2", "--n-train", "3", "--size", "32",
+            "--output", str(out), "--seed", "4", "--dose", "2e5"]
     assert main(args) == 0
     assert "written to" in capsys.readouterr().out
     js = json.loads((out / "dataset.json").read_text())
@@ -53,23 +53,23 @@ def test_simulate_writes_a_trainable_dataset(tmp_path, capsys):
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
     other = tmp_path / "other"
-    assert main(args[:-6] + ["--out", str(other), "--seed", "5", "--dose", "2e5"]) == 0
+    assert main(args[:-6] + ["--output", str(other), "--seed", "5", "--dose", "2e5"]) == 0
     assert not np.array_equal(_arrays(other)["labelsTr/case_000.nii.gz"],
                               first["labelsTr/case_000.nii.gz"])
 
 
 def test_simulate_mr_and_us_options(tmp_path):
     mr = tmp_path / "mr"
-    assert main(["simulate", "--modality", "mr", "--n", "1", "--n-test", "1", "--size", "32",
-                 "--out", str(mr), "--snr", "6", "--acceleration", "3"]) == 0
+    assert main(["simulate", "--modality", "mr", "--n-train", "1", "--n-test", "1", "--size", "32",
+                 "--output", str(mr), "--snr", "6", "--acceleration", "3"]) == 0
     rec = json.loads((mr / "dataset.json").read_text())["medseg_phantom"]
     assert rec["params"]["mr_sigma"] == pytest.approx(0.1)
     assert rec["cases"]["case_000"]["noise"]["acceleration"] == 3.0
     assert (mr / "imagesTs" / "case_001_0000.nii.gz").is_file()
     assert (mr / "cleanTs" / "case_001_0000.nii.gz").is_file()
     us = tmp_path / "us"
-    assert main(["simulate", "--modality", "us", "--dims", "3", "--n", "1", "--size", "16",
-                 "--out", str(us), "--looks", "2", "--lesion-fraction", "0.005"]) == 0
+    assert main(["simulate", "--modality", "us", "--dims", "3", "--n-train", "1", "--size", "16",
+                 "--output", str(us), "--looks", "2", "--lesion-fraction", "0.005"]) == 0
     img, _ = read_image(us / "imagesTr" / "case_000_0000.nii.gz")
     assert img.shape == (1, 16, 16, 16) and 0.0 <= img.min() and img.max() <= 255.0
     rec = json.loads((us / "dataset.json").read_text())["medseg_phantom"]
@@ -89,7 +89,7 @@ def test_simulate_mr_and_us_options(tmp_path):
 ])
 def test_simulate_bad_flags_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "bad"
-    assert main(["simulate", "--n", "1", "--out", str(out), *extra]) == 2
+    assert main(["simulate", "--n-train", "1", "--output", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "medseg simulate: error" in err
     assert not out.exists()  # nothing written
@@ -99,14 +99,14 @@ def test_simulate_refuses_a_non_empty_folder(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "scan.nii.gz").write_bytes(b"precious")
-    base = ["simulate", "--modality", "mr", "--n", "1", "--size", "16", "--out", str(out)]
+    base = ["simulate", "--modality", "mr", "--n-train", "1", "--size", "16", "--output", str(out)]
     assert main(base) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(base + ["--force"]) == 2  # --force never replaces a user's files
     assert "not a medseg phantom" in capsys.readouterr().err
     assert (out / "scan.nii.gz").read_bytes() == b"precious"
     with pytest.raises(SystemExit) as exc:  # argparse: unknown modality
-        main(["simulate", "--modality", "pet", "--n", "1", "--out", str(out)])
+        main(["simulate", "--modality", "pet", "--n-train", "1", "--output", str(out)])
     assert exc.value.code == 2
 
 
@@ -116,8 +116,8 @@ def test_medseg_train_runs_on_simulated_data_unchanged(tmp_path, modality, extra
     """The simulator's folder goes straight into `medseg train` (its noise model picked by the
     modality), then `medseg predict` on its held-out images."""
     sim = tmp_path / "sim"
-    assert main(["simulate", "--modality", modality, "--n", "4", "--n-test", "1", "--size", "32",
-                 "--out", str(sim), *extra]) == 0
+    assert main(["simulate", "--modality", modality, "--n-train", "4", "--n-test", "1",
+                 "--size", "32", "--output", str(sim), *extra]) == 0
     model = tmp_path / "model"
     assert main(["train", "--dataset", str(sim), "--output", str(model), "--epochs", "1",
                  "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "32", "32",

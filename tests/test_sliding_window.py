@@ -225,3 +225,55 @@ def test_predict_probs() -> None:
     with torch.no_grad():
         flips = [torch.softmax(model(x.flip(d)), 1).flip(d) for d in ([], [2], [3], [2, 3])]
     torch.testing.assert_close(tta, torch.stack(flips).mean(0), rtol=0, atol=1e-6)
+
+
+def _closed_form_gaussian(roi: tuple[int, ...], scales: tuple[float, ...]) -> torch.Tensor:
+    """``prod_a exp(-(i_a - (n_a - 1) / 2)^2 / (2 (s_a n_a)^2))``, max 1, floor 1e-4 (float64)."""
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in roi], indexing="ij")
+    g = torch.ones(roi, dtype=torch.float64)
+    for i, n, s in zip(grids, roi, scales, strict=True):
+        g = g * torch.exp(-((i - (n - 1) / 2) ** 2) / (2 * (s * n) ** 2))
+    return (g / g.max()).clamp_min(1e-4)
+
+
+@pytest.mark.parametrize("sigma_scale", [0.125, 0.3, (0.1, 0.4)])
+def test_gaussian_map_follows_sigma_scale(sigma_scale) -> None:
+    roi = (12, 20)
+    scales = sigma_scale if isinstance(sigma_scale, tuple) else (sigma_scale,) * 2
+    g = gaussian_importance_map(roi, sigma_scale, dtype=torch.float64)
+    torch.testing.assert_close(g, _closed_form_gaussian(roi, scales), rtol=1e-12, atol=0)
+    if sigma_scale != 0.125:
+        assert not torch.equal(g, gaussian_importance_map(roi, dtype=torch.float64))
+    assert torch.equal(gaussian_importance_map(roi), gaussian_importance_map(roi, 0.125))
+    with pytest.raises(ValueError, match="sigma_scale"):
+        gaussian_importance_map(roi, 0.0)
+
+
+def test_predict_probs_honours_sigma_scale() -> None:
+    torch.manual_seed(0)
+    model = UNet(2, in_channels=1, num_classes=3, channels=(4, 8, 16)).eval()
+    x = torch.randn(1, 1, 40, 36)
+    roi, overlap = (24, 24), 0.5
+    default = predict_probs(model, x, roi_size=roi, overlap=overlap)
+    # the default is what predict_probs gave before it took sigma_scale: the window's own default
+    with torch.no_grad():
+        before = sliding_window_inference(x, lambda w: torch.softmax(model(w).float(), 1), roi,
+                                          overlap)
+    assert torch.equal(default, before)
+    assert torch.equal(default, predict_probs(model, x, roi, overlap, sigma_scale=0.125))
+    # another sigma: the stitch sum_w g p_w / sum_w g with the closed-form Gaussian of that sigma
+    wide = predict_probs(model, x, roi_size=roi, overlap=overlap, sigma_scale=0.5)
+    g = _closed_form_gaussian(roi, (0.5, 0.5))
+    num = torch.zeros(1, 3, 40, 36, dtype=torch.float64)
+    den = torch.zeros(40, 36, dtype=torch.float64)
+    for s0 in window_starts(40, roi[0], overlap):
+        for s1 in window_starts(36, roi[1], overlap):
+            win = (slice(s0, s0 + roi[0]), slice(s1, s1 + roi[1]))
+            with torch.no_grad():
+                p = torch.softmax(model(x[(slice(None), slice(None), *win)]), 1).double()
+            num[(slice(None), slice(None), *win)] += g * p
+            den[win] += g
+    torch.testing.assert_close(wide, (num / den).float(), rtol=0, atol=1e-6)
+    assert (wide - default).abs().max() > 1e-4
+    assert torch.equal(Predictor(roi_size=roi, overlap=overlap, sigma_scale=0.5).predict(model, x),
+                       wide)

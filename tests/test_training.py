@@ -1,24 +1,27 @@
-"""The training loop: checkpoints, exact resume, reproducibility, Ctrl-C, refusal to overwrite."""
+"""The engine on the segmentation task: checkpoints, exact resume, reproducibility, Ctrl-C,
+refusal to overwrite, time budget, class weighting."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from medseg.data.splits import auto_patch_size, split_cases
 from medseg.errors import InputError
-from medseg.physics import write_phantom_dataset
+from medseg.physics import PhantomSpec, write_phantom_dataset
+from medseg.tasks import segmentation as seg_mod
 from medseg.training import checkpoint as ckpt_mod
-from medseg.training import loop as loop_mod
+from medseg.training import engine
 from medseg.training.config import ExperimentConfig
-from medseg.training.loop import train
-from medseg.training.prepare import auto_patch_size, split_cases
+from medseg.training.engine import train
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantoms")
-    write_phantom_dataset(root / "ds", n_train=6, n_test=2, spatial_dims=2, shape=(32, 32),
-                          modality="mr", lesion_fraction=0.03, seed=1)
+    write_phantom_dataset(root / "ds", PhantomSpec(shape=(32, 32), modality="mr",
+                                                   lesion_fraction=0.03), n_train=6, n_test=2,
+                          seed=1)
     return root / "ds"
 
 
@@ -53,9 +56,10 @@ def test_train_writes_model_folder(tiny_dataset, tmp_path):
                  "train_log.csv"):
         assert (out / name).is_file(), name
     assert res.epochs_done == 2 and len(res.history) == 2
-    assert 0.0 <= res.best_dice <= 1.0
+    assert 0.0 <= res.best_metric <= 1.0 and res.metric == "dice_mean"
     ck = torch.load(out / "checkpoint_last.pt", weights_only=True)  # safe unpickler
-    assert ck["epoch"] == 1 and ck["num_classes"] == 3
+    assert ck["epoch"] == 1 and ck["task"] == "segmentation" and ck["metric"] == "dice_mean"
+    assert ck["best_metric"] == res.best_metric
     assert ExperimentConfig.load(out / "config.yaml").train.epochs == 2
     # no temp files left behind
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
@@ -72,7 +76,7 @@ def test_seed_reproducible_and_resume_exact(tiny_dataset, tmp_path):
     part = tmp_path / "part"
     cfg = tiny_cfg(tiny_dataset, part, epochs=3)
     calls = {"n": 0}
-    real = loop_mod.make_epoch_loader
+    real = seg_mod.make_epoch_loader
 
     def flaky(data, cfg_, epoch, **kw):
         if epoch == 2:
@@ -80,11 +84,11 @@ def test_seed_reproducible_and_resume_exact(tiny_dataset, tmp_path):
         calls["n"] += 1
         return real(data, cfg_, epoch, **kw)
 
-    loop_mod.make_epoch_loader = flaky
+    seg_mod.make_epoch_loader = flaky
     try:
         res = train(cfg, log=lambda s: None)
     finally:
-        loop_mod.make_epoch_loader = real
+        seg_mod.make_epoch_loader = real
     assert res.interrupted and res.epochs_done == 2
     assert torch.load(part / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
     res2 = train(tiny_cfg(tiny_dataset, part, epochs=3), resume=True, log=lambda s: None)
@@ -177,31 +181,34 @@ def test_time_budget_refits_epochs():
     cfg.train.max_minutes = 10.0  # 600 s
     msgs = []
     # 20 s per epoch after the first epoch: 30 epochs fit
-    assert loop_mod._fit_budget(cfg, 0, 100, 20.0, msgs.append) == 30
+    assert engine.fit_budget(cfg, 0, 100, 20.0, msgs.append) == 30
     assert "100 -> 30" in msgs[0]
     # after 10 epochs the machine slowed to 30 s/epoch on average: 300 s left -> 10 more
-    assert loop_mod._fit_budget(cfg, 9, 30, 300.0, msgs.append) == 20
+    assert engine.fit_budget(cfg, 9, 30, 300.0, msgs.append) == 20
     # over budget: stop after the current epoch, never below the epochs done
-    assert loop_mod._fit_budget(cfg, 24, 20, 700.0, msgs.append) == 25
+    assert engine.fit_budget(cfg, 24, 20, 700.0, msgs.append) == 25
     # never more than train.epochs
-    assert loop_mod._fit_budget(cfg, 0, 100, 1.0, msgs.append) == 100
+    assert engine.fit_budget(cfg, 0, 100, 1.0, msgs.append) == 100
 
 
 def test_fixed_class_weights_follow_the_formula(tiny_dataset, tmp_path):
-    from medseg.training.prepare import prepare_data
+    def weights(cfg, data):
+        model = seg_mod.SegmentationTask().build_model(cfg, data)
+        tr = seg_mod.SegmentationTrainer(cfg, data, model, torch.device("cpu"))
+        return tr.acw, tr.loss_fn.class_weights
 
     cfg = tiny_cfg(tiny_dataset, tmp_path / "m")
     cfg.loss.class_weighting = "fixed"
     cfg.loss.weight_min = 0.0  # see the unclipped formula (3% lesion gives w < 1)
-    data = prepare_data(cfg, log=lambda s: None)
-    acw, w = loop_mod.class_weighting(cfg, data)
+    data = seg_mod.prepare_data(cfg, log=lambda s: None)
+    acw, w = weights(cfg, data)
     assert acw is None and w.shape == (3,) and w[0] == 1.0
     fr = data.summary["class_fractions"]
     a = fr[2] / sum(fr.values())
     expected = (1 - a) * 0.02 / (a * (1 - 0.30))  # L4 with p0 = 0.02, p1 = 0.30
     assert float(w[2]) == pytest.approx(expected, rel=1e-5)
     cfg.loss.weight_min = 1.0
-    assert float(loop_mod.class_weighting(cfg, data)[1][2]) == max(1.0, expected)
+    assert float(weights(cfg, data)[1][2]) == max(1.0, expected)
     res = train(cfg, log=lambda s: None)
     assert res.epochs_done == 2
 
@@ -216,18 +223,19 @@ def test_adaptive_class_weights_logged_and_resumed_exactly(tiny_dataset, tmp_pat
     w = [res.history[-1][f"weight_{n}"] for n in ("background", "organ", "lesion")]
     assert w[0] == 1.0 and all(1.0 <= v <= 100.0 for v in w) and w[2] > w[1] > 1.0
     part = tmp_path / "part"
-    real = loop_mod.make_epoch_loader
+    real = seg_mod.make_epoch_loader
 
     def flaky(data, cfg_, epoch, **kw):
         if epoch == 2:
             raise KeyboardInterrupt
         return real(data, cfg_, epoch, **kw)
 
-    loop_mod.make_epoch_loader = flaky
+    seg_mod.make_epoch_loader = flaky
     try:
         assert train(cfg_for(part), log=lambda s: None).interrupted
     finally:
-        loop_mod.make_epoch_loader = real
-    assert "class_weights_state" in torch.load(part / "checkpoint_last.pt", weights_only=True)
+        seg_mod.make_epoch_loader = real
+    ck = torch.load(part / "checkpoint_last.pt", weights_only=True)
+    assert "class_weights_state" in ck["task_state"]
     train(cfg_for(part), resume=True, log=lambda s: None)
     assert _same(_weights(tmp_path / "full"), _weights(part))

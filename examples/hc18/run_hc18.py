@@ -30,9 +30,9 @@ from medseg.data.convert import fill_outline_masks
 from medseg.io import read_image, read_label, write_label
 from medseg.metrics import dice
 from medseg.metrics.shape import fit_ellipse
+from medseg.tasks.segmentation import SegmentationModel
 from medseg.training.config import ExperimentConfig
-from medseg.training.loop import train
-from medseg.workflows.predict import TrainedModel
+from medseg.training.engine import train
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,14 +50,14 @@ def read_pixel_csv(path: Path) -> dict[str, tuple[float, float | None]]:
     return out
 
 
-def measure(model: TrainedModel, images: list[Path], pixels: dict, masks_dir: Path | None,
+def measure(model: SegmentationModel, images: list[Path], pixels: dict, masks_dir: Path | None,
             pred_dir: Path, tta: bool) -> list[dict]:
     """Predict each image, write the mask, and measure Dice (if a reference mask exists) and
     HC (mm) of prediction and reference."""
     rows = []
     for i, img_path in enumerate(images):
         image, meta = read_image(img_path)
-        probs = model.predict(image, meta, tta=tta)
+        probs = model.predict(image, meta, tta=tta).probs
         pred = probs.argmax(0).numpy().astype(np.uint8)
         write_label(pred_dir / img_path.name, pred, meta)
         stem = img_path.stem
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         split = f"images in {a.images}"
         train_minutes = 0.0
 
-    model = TrainedModel.load(model_dir)
+    model = SegmentationModel.load(model_dir)
     print(f"predicting and measuring {len(images)} {split}")
     rows = measure(model, images, pixels, masks_dir, out / "predictions", a.tta)
     summary = summarize(rows)

@@ -27,10 +27,11 @@ from medseg.io import read_image
 from medseg.io.atomic import atomic_write_text
 from medseg.losses.restoration import restoration_nll
 from medseg.metrics.image_quality import psnr, ssim
+from medseg.model_folder import ModelFolder
 from medseg.physics.restoration_data import read_restoration_json, write_restoration_dataset
+from medseg.tasks.restoration import evaluate_restoration, predict_restoration
 from medseg.training.config import ExperimentConfig
-from medseg.training.restore import prepare_restoration, train_restoration
-from medseg.workflows.restoration import evaluate_restoration, predict_restoration
+from medseg.training.engine import train
 
 LEVELS = {"ct": 5.0, "mr": 3.0, "us": 2.0}
 LOSSES = {"ct": ["l2", "likelihood", "anscombe_l2"], "mr": ["l2", "likelihood"],
@@ -146,10 +147,9 @@ def main() -> None:
                               "device": "cpu", "num_threads": a.threads, "val_every": 2},
                 })
                 t0 = time.perf_counter()
-                arrays, plan = prepare_restoration(cfg, log=print)
-                train_restoration(cfg, arrays, plan=plan, log=print)
+                train(cfg, log=print)
                 pred = mdir / "pred_test"
-                predict_restoration(mdir, ds / "imagesTs", pred, device="cpu")
+                predict_restoration(ModelFolder.open(mdir), ds / "imagesTs", pred, device="cpu")
                 ev = evaluate_restoration(pred, ds, mdir / "eval")["result"]["mean"]
                 ev["mean_error"] = _mean_error(pred, ds)
                 ev["train_seconds"] = time.perf_counter() - t0

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
@@ -29,11 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medseg.physics import write_phantom_dataset  # noqa: E402
+from medseg.physics import PhantomSpec, write_phantom_dataset  # noqa: E402
+from medseg.tasks.segmentation import (  # noqa: E402
+    SegmentationModel,
+    evaluate_folders,
+    predict_inputs,
+)
 from medseg.training.config import ExperimentConfig  # noqa: E402
-from medseg.training.loop import train  # noqa: E402
-from medseg.workflows.evaluate import evaluate_folders  # noqa: E402
-from medseg.workflows.predict import TrainedModel, predict_inputs  # noqa: E402
+from medseg.training.engine import train  # noqa: E402
 
 #: Degraded test level per modality (``noise_level``: CT ~10 HU x level at water, MR sigma
 #: 0.05 x level on a 0.6 organ signal, US looks 4 / level^2).
@@ -82,14 +86,13 @@ def main() -> None:
     for mod in a.modalities:
         root = out / mod
         shape = (a.size, a.size)
-        write_phantom_dataset(root / "train", n_train=a.n_train, n_test=0, shape=shape,
-                              modality=mod, lesion_fraction=0.01, seed=0)
+        spec = PhantomSpec(shape=shape, modality=mod, lesion_fraction=0.01)
+        write_phantom_dataset(root / "train", spec, n_train=a.n_train, n_test=0, seed=0)
         tests = {"nominal": 1.0, "degraded": DEGRADED[mod]}
         for name, level in tests.items():
             # held-out phantoms: another seed; the n_train cases of a test set are its images
-            write_phantom_dataset(root / f"test_{name}", n_train=a.n_test, n_test=0, shape=shape,
-                                  modality=mod, lesion_fraction=0.01, seed=1000,
-                                  noise_level=level)
+            write_phantom_dataset(root / f"test_{name}", replace(spec, noise_level=level),
+                                  n_train=a.n_test, n_test=0, seed=1000)
         for arm in a.arms:
             for seed in a.seeds:
                 key = f"{mod}/{arm}/s{seed}"
@@ -134,7 +137,7 @@ def run_arm(root: Path, arm: str, seed: int, a: argparse.Namespace,
     configure(cfg, arm, a.prob)
     if not (Path(cfg.output_dir) / "checkpoint_best.pt").exists():
         train(cfg, log=lambda _m: None)
-    model = TrainedModel.load(cfg.output_dir, device="cpu")
+    model = SegmentationModel.load(cfg.output_dir, device="cpu")
     row: dict = {}
     for name in tests:
         pred = root / f"pred_{arm}_s{seed}_{name}"

@@ -4,10 +4,10 @@
     medseg train --dataset DIR ...   # MSD/nnU-Net folder, or --masks for image+mask folders
     medseg predict --model DIR --input PATH --output DIR
     medseg evaluate --pred DIR --ref DIR --output DIR
-    medseg phantoms --out DIR        # the embedded default dataset, written as an MSD folder
-    medseg simulate --modality ct --n 20 --out DIR   # CT/MR/US physics simulator (+ clean images)
+    medseg phantoms --output DIR     # the embedded default dataset, written as an MSD folder
+    medseg simulate --modality ct --n-train 20 --output DIR   # CT/MR/US physics (+ clean images)
     medseg convert-outlines --input DIR --output DIR   # outline annotations -> filled masks
-    medseg restoration-data --out DIR  # phantom denoising pairs (train --task restoration)
+    medseg restoration-data --output DIR  # phantom denoising pairs (train --task restoration)
     medseg models                    # the model registry
 
 Every error about the user's input is printed as one line naming the file and what to do;
@@ -31,6 +31,30 @@ def _add_train_overrides(p: argparse.ArgumentParser) -> None:
                         "--set model.options.channels=[16,32,64,128] (repeatable)")
 
 
+class _OldSpelling(argparse.Action):
+    """A flag's previous spelling, kept for one release: stores into the new flag's ``dest``,
+    stays out of ``--help`` and says on stderr which spelling to use instead."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kw) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated and goes in the next release; "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed_flag(p: argparse.ArgumentParser, new: str, old: str, *, required: bool = False,
+                  **kw) -> None:
+    """Add flag ``new`` and its hidden old spelling ``old`` (same ``dest``; not both at once)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(new, **kw)
+    group.add_argument(old, action=_OldSpelling, new=new, dest=action.dest, type=action.type,
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="medseg",
@@ -42,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline on generated phantoms",
                        description="Generate phantoms, train a U-Net, predict the held-out "
                                    "phantoms with sliding windows, evaluate, write a report.")
-    d.add_argument("--out", default="medseg_demo_output",
-                   help="output folder (default: %(default)s)")
+    _renamed_flag(d, "--output", "--out", default="medseg_demo_output",
+                  help="output folder (default: %(default)s)")
     d.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2D or 3D phantoms")
     d.add_argument("--modality", choices=("mr", "ct", "us"), default="mr")
     d.add_argument("--size", type=int, default=None,
@@ -64,11 +88,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "Classification (--task classification): a CSV label table "
                                    "(image,label or one 0/1/-1 column per label) or a MedMNIST "
                                    ".npz.")
-    t.add_argument("--task", choices=("segmentation", "classification", "instance",
-                                      "restoration"),
-                   default=None,
-                   help="instance: a DSB2018 folder (<id>/images, <id>/masks) or images/ + "
-                        "masks/ instance label maps; trains on background/interior/boundary. "
+    t.add_argument("--task", default=None, metavar="TASK",
+                   help="segmentation (default), classification, instance or restoration "
+                        "(any registered task). instance: a DSB2018 folder (<id>/images, "
+                        "<id>/masks) or images/ + masks/ instance label maps; trains on "
+                        "background/interior/boundary. "
                         "restoration: a `medseg restoration-data` folder (denoising, loss "
                         "--set loss.restoration=l2|likelihood|anscombe_l2)")
     t.add_argument("--dataset", help="dataset folder (dataset.json), folder of images, label "
@@ -133,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="classification: bootstrap resamples for the 95%% intervals")
 
     ph = sub.add_parser("phantoms", help="write the embedded phantom dataset (MSD layout)")
-    ph.add_argument("--out", required=True)
+    _renamed_flag(ph, "--output", "--out", required=True, help="output folder")
     ph.add_argument("--dims", type=int, choices=(2, 3), default=2)
     ph.add_argument("--modality", choices=("mr", "ct", "us"), default="mr")
     ph.add_argument("--size", type=int, default=None)
@@ -152,9 +176,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(--acceleration). US: Gamma speckle with --looks, log compression.")
     sm.add_argument("--modality", choices=("ct", "mr", "us"), required=True)
     sm.add_argument("--dims", type=int, choices=(2, 3), default=2)
-    sm.add_argument("--n", type=int, required=True, help="training cases")
+    _renamed_flag(sm, "--n-train", "--n", required=True, type=int, help="training cases")
     sm.add_argument("--n-test", type=int, default=0, help="held-out cases (default 0)")
-    sm.add_argument("--out", required=True, help="output folder (new or empty)")
+    _renamed_flag(sm, "--output", "--out", required=True, help="output folder (new or empty)")
     sm.add_argument("--size", type=int, default=None,
                     help="edge length in voxels (default 128 in 2D, 48 in 3D)")
     sm.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (isotropic)")
@@ -173,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--force", action="store_true",
                     help="replace a dataset previously written by medseg simulate/phantoms in "
-                         "--out (other files are never touched)")
+                         "--output (other files are never touched)")
 
     c = sub.add_parser("convert-outlines",
                        help="fill outline annotations (e.g. HC18 ellipses) into masks",
@@ -191,9 +215,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "--target clean; targetsTs: always a noisy realisation), clean "
                                    "truth (cleanTr/Ts) and dataset.json with the noise "
                                    "parameters, for medseg train --task restoration.")
-    r.add_argument("--out", required=True, help="new or empty folder")
+    _renamed_flag(r, "--output", "--out", required=True, help="new or empty folder")
     r.add_argument("--modality", choices=("ct", "mr", "us"), default="mr")
-    r.add_argument("--n", type=int, default=40, help="training pairs")
+    _renamed_flag(r, "--n-train", "--n", type=int, default=40, help="training pairs")
     r.add_argument("--n-test", type=int, default=10, help="held-out cases")
     r.add_argument("--size", type=int, default=64, help="edge length in voxels")
     r.add_argument("--dims", type=int, choices=(2, 3), default=2)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.layouts import SegCase, SegDataset, _strip_ending
+from medseg.data.layouts import SegCase, SegDataset, strip_ending
 from medseg.errors import InputError
 from medseg.instance.targets import TARGET_LABELS, instance_to_semantic
 from medseg.io import ImageMeta, list_image_files, read_image, read_label, write_image, write_label
@@ -105,7 +105,7 @@ def load_dsb2018(root: str | Path) -> InstanceDataset:
         if not imgs:
             raise InputError("no image in the images folder of this case", d / "images",
                              f"put the image at {d / 'images' / (d.name + '.png')}")
-        own = [p for p in imgs if _strip_ending(p.name) == d.name]
+        own = [p for p in imgs if strip_ending(p.name) == d.name]
         mdir = d / "masks"
         if not mdir.is_dir():
             raise InputError("the case has no masks folder", mdir,
@@ -135,10 +135,10 @@ def load_instance_label_folders(images_dir: str | Path, masks_dir: str | Path,
     if not labs:
         raise InputError("no instance label maps in the folder", masks_dir,
                          "put one integer label map per image there, named like the image")
-    by_stem = {_strip_ending(p.name): p for p in labs}
+    by_stem = {strip_ending(p.name): p for p in labs}
     cases = []
     for img in imgs:
-        stem = _strip_ending(img.name)
+        stem = strip_ending(img.name)
         lab = by_stem.get(stem + mask_suffix)
         if lab is None:
             raise InputError(f"image has no instance label map in {masks_dir}", img,

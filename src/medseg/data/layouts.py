@@ -161,7 +161,9 @@ def _check_label_table(labels: dict[str, int], ignore_label: int | None, where: 
         raise InputError(f"two label names share one value in {labels}", where, "give each its own")
 
 
-def _strip_ending(name: str, ending: str | None = None) -> str:
+def strip_ending(name: str, ending: str | None = None) -> str:
+    """``name`` without its file ending (``ending`` when given and present, else a known image
+    suffix such as ``.nii.gz``, else the last ``.suffix``): the case name of a file."""
     if ending and name.lower().endswith(ending.lower()):
         return name[: -len(ending)]
     suffix = file_suffix(name)
@@ -363,13 +365,13 @@ def load_msd_folder(root: str | Path) -> SegDataset:
                 )
             ending = file_suffix(img.name) or img.suffix
             cases.append(
-                SegCase(_strip_ending(img.name, ending), [img], _resolve(root, str(entry["label"])))
+                SegCase(strip_ending(img.name, ending), [img], _resolve(root, str(entry["label"])))
             )
             file_ending = ending or file_ending
         for rel in data.get("test", []) or []:
             rel = rel["image"] if isinstance(rel, dict) else rel
             img = _resolve(root, str(rel))
-            test_cases.append(SegCase(_strip_ending(img.name), [img], None))
+            test_cases.append(SegCase(strip_ending(img.name), [img], None))
     else:  # nnU-Net v2 folder scan
         images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
         for d in (images_dir, labels_dir):
@@ -388,7 +390,7 @@ def load_msd_folder(root: str | Path) -> SegDataset:
                 no_label[0].label,
                 f"add labelsTr/{no_label[0].case_id}{file_ending} or remove the images",
             )
-        label_cases = {_strip_ending(p.name, file_ending) for p in labels_dir.iterdir()
+        label_cases = {strip_ending(p.name, file_ending) for p in labels_dir.iterdir()
                        if p.name.lower().endswith(file_ending.lower())
                        and not p.name.startswith(".")}
         orphans = sorted(label_cases - set(scanned))
@@ -483,20 +485,20 @@ def load_image_mask_folders(
         raise InputError("no mask images in the folder", masks_dir, "check the path")
     by_stem: dict[str, Path] = {}
     for m in masks:
-        by_stem.setdefault(_strip_ending(m.name), m)
+        by_stem.setdefault(strip_ending(m.name), m)
     cases: list[SegCase] = []
     unpaired: list[Path] = []
     for img in imgs:
-        stem = _strip_ending(img.name)
+        stem = strip_ending(img.name)
         m = by_stem.get(stem + mask_suffix)
         if m is None:
             unpaired.append(img)
         else:
             cases.append(SegCase(stem, [img], m))
     if unpaired:
-        hint = f"add masks named like {_strip_ending(unpaired[0].name)}{mask_suffix}.png"
+        hint = f"add masks named like {strip_ending(unpaired[0].name)}{mask_suffix}.png"
         for s in _MASK_LIKE_SUFFIXES:
-            if s != mask_suffix and _strip_ending(unpaired[0].name) + s in by_stem:
+            if s != mask_suffix and strip_ending(unpaired[0].name) + s in by_stem:
                 hint = f"the masks seem to be named with a suffix: pass mask_suffix={s!r}"
                 break
         raise InputError(

@@ -53,7 +53,7 @@ import torch
 from medseg.data.layouts import SegDataset
 from medseg.data.validate import (
     DatasetSummary,
-    _dims_error,
+    dims_error,
     effective_spatial_dims,
     singleton_axis,
     squeeze_to_2d,
@@ -431,7 +431,7 @@ def _to_plan_grid(
 ) -> tuple[np.ndarray, ImageMeta]:
     src = meta.source[0] if meta.source else None
     if effective_spatial_dims(meta.spatial_shape) != plan.spatial_dims:
-        raise _dims_error(plan.spatial_dims, meta.spatial_shape, src)
+        raise dims_error(plan.spatial_dims, meta.spatial_shape, src)
     if plan.spatial_dims == 2 and meta.ndim == 3:
         return squeeze_to_2d(array, meta, channel_first=channel_first)
     return array, meta

@@ -209,7 +209,9 @@ def _label_counts(label: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(vals, counts, strict=True)}
 
 
-def _dims_error(config_dims: int, shape: tuple[int, ...], path: Path | None) -> InputError:
+def dims_error(config_dims: int, shape: tuple[int, ...], path: Path | None) -> InputError:
+    """The error for an image whose spatial dimension differs from the configured one, with the
+    config change that fixes it."""
     data_dims = effective_spatial_dims(shape)
     if config_dims == 2 and data_dims == 3:
         return InputError(
@@ -354,7 +356,7 @@ def validate_dataset(
     for case in ds.cases:
         image, imeta = _read_case(case, ds)
         if effective_spatial_dims(imeta.spatial_shape) != spatial_dims:
-            raise _dims_error(spatial_dims, imeta.spatial_shape, case.images[0])
+            raise dims_error(spatial_dims, imeta.spatial_shape, case.images[0])
         if case.label is None:
             raise InputError(
                 f"training case {case.case_id!r} has no label", case.images[0], "add its label"
@@ -391,7 +393,7 @@ def validate_dataset(
         for case in ds.test_cases:
             image, imeta = _read_case(case, ds)
             if effective_spatial_dims(imeta.spatial_shape) != spatial_dims:
-                raise _dims_error(spatial_dims, imeta.spatial_shape, case.images[0])
+                raise dims_error(spatial_dims, imeta.spatial_shape, case.images[0])
             if case.label is not None:
                 _check_label(case, imeta, ds, check_values, geometry_atol)
 

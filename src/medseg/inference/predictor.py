@@ -64,6 +64,7 @@ def predict_probs(
     activation: str = "softmax",
     output_device: torch.device | str | None = None,
     progress: bool = False,
+    sigma_scale: float | Sequence[float] = 0.125,
 ) -> torch.Tensor:
     """Probabilities of a segmentation model over a whole image or volume.
 
@@ -83,6 +84,9 @@ def predict_probs(
         activation: ``"softmax"`` (T3), ``"sigmoid"`` (binary/multi-label) or ``"none"``.
         output_device: Where the result is accumulated (default: ``image.device``).
         progress: Print a window counter to stderr.
+        sigma_scale: Standard deviation of the Gaussian window weighting as a fraction of
+            ``roi_size`` (one value or one per spatial axis; ``inference.sigma_scale`` of the
+            config); unused with ``mode="constant"``.
 
     Returns:
         ``(B, C_out, *spatial)`` float32 probabilities on ``output_device``.
@@ -111,6 +115,7 @@ def predict_probs(
                 overlap=overlap,
                 sw_batch_size=sw_batch_size,
                 mode=mode,
+                sigma_scale=sigma_scale,
                 device=device,
                 output_device=output_device,
                 progress=progress,
@@ -134,6 +139,8 @@ class Predictor:
         device: Where the model runs (``None``: where it is).
         output_device: Where the result is accumulated (``None``: the image's device).
         progress: Print a window counter.
+        sigma_scale: Gaussian window weighting's standard deviation as a fraction of
+            ``roi_size`` (one value or one per spatial axis).
     """
 
     roi_size: int | tuple[int, ...]
@@ -146,6 +153,7 @@ class Predictor:
     device: str | None = None
     output_device: str | None = None
     progress: bool = False
+    sigma_scale: float | tuple[float, ...] = 0.125
 
     def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` -> ``(B, C_out, *spatial)`` probabilities."""
@@ -162,4 +170,5 @@ class Predictor:
             activation=self.activation,
             output_device=self.output_device,
             progress=self.progress,
+            sigma_scale=self.sigma_scale,
         )

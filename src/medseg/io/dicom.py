@@ -41,7 +41,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_folder, refuse_source_overwrite
-from medseg.io.files import dicom_files_in
+from medseg.io.dicom_files import dicom_files_in
 from medseg.io.meta import ImageMeta
 
 PathLike = str | os.PathLike

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medseg.errors import InputError
+from medseg.io.dicom import group_dicom_series
+from medseg.io.dicom_files import PathLike, dicom_files_in, is_dicom_file, is_dicom_folder
 
-PathLike = str | os.PathLike
+__all__ = [
+    "SUFFIX_FORMATS",
+    "SUPPORTED_HINT",
+    "detect_format",
+    "dicom_files_in",
+    "file_suffix",
+    "is_dicom_file",
+    "is_dicom_folder",
+    "list_image_files",
+]
 
 #: Lower-case file name endings and the format each one means. Longest endings first.
 SUFFIX_FORMATS: dict[str, str] = {
@@ -36,49 +46,6 @@ def file_suffix(path: PathLike) -> str:
         if name.endswith(suffix):
             return suffix
     return ""
-
-
-def is_dicom_file(path: PathLike) -> bool:
-    """True when ``path`` is a file with the DICOM Part 10 preamble (``DICM`` at byte 128).
-
-    Files named ``*.dcm`` count too, even without the preamble (some exporters omit it).
-    """
-    p = Path(path)
-    if not p.is_file():
-        return False
-    if p.name.lower().endswith(".dcm"):
-        return True
-    try:
-        with p.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _candidate_files(folder: Path) -> list[Path]:
-    """Visible regular files directly inside ``folder``, sorted by name."""
-    return sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
-
-
-def dicom_files_in(folder: PathLike) -> list[Path]:
-    """The DICOM files directly inside ``folder`` (not its subfolders), sorted by name.
-
-    ``DICOMDIR`` index files are left out: they hold no pixels.
-    """
-    files = _candidate_files(Path(folder))
-    return [p for p in files if p.name.upper() != "DICOMDIR" and is_dicom_file(p)]
-
-
-def is_dicom_folder(path: PathLike) -> bool:
-    """True when ``path`` is a folder with at least one DICOM file directly inside it."""
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    return any(p.name.upper() != "DICOMDIR" and is_dicom_file(p) for p in _candidate_files(p))
 
 
 def detect_format(path: PathLike) -> str:
@@ -142,8 +109,6 @@ def list_image_files(folder: PathLike) -> list[Path | tuple[Path, ...]]:
         elif p.name.upper() != "DICOMDIR" and is_dicom_file(p):
             loose_dicom.append(p)
     if loose_dicom:
-        from medseg.io.dicom import group_dicom_series
-
         for files in group_dicom_series(loose_dicom).values():
             entries.append(tuple(files))
 

@@ -31,7 +31,13 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _check_logits(x: torch.Tensor, name: str) -> None:
+def check_logits(x: torch.Tensor, name: str) -> None:
+    """Refuse anything but a floating ``(B, C, *spatial)`` prediction, naming the argument.
+
+    Raises:
+        ValueError: fewer than 3 axes (with the fix: ``x[None]`` or ``x[:, None]``) or an
+            integer tensor.
+    """
     if x.ndim < 3:
         raise ValueError(
             f"{name} must be (B, C, *spatial) with at least one spatial axis, got shape "
@@ -184,7 +190,7 @@ def masked_cross_entropy(
     Returns:
         A scalar, or ``(B, *spatial)`` for ``reduction="none"``.
     """
-    _check_logits(logits, "logits")
+    check_logits(logits, "logits")
     _check_reduction(reduction)
     batch, num_classes, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
     target = as_label_map(target, spatial, batch)
@@ -228,7 +234,7 @@ def _dice_sums(
     activation); class 0 is dropped when ``include_background`` is false; ``pool_batch`` sums
     over the batch axis too. Shapes ``(B, C')``, or ``(C',)`` when pooled.
     """
-    _check_logits(probs, "probs")
+    check_logits(probs, "probs")
     if tuple(target_onehot.shape) != tuple(probs.shape):
         raise ValueError(
             f"target_onehot shape {tuple(target_onehot.shape)} must equal probs shape "
@@ -350,7 +356,7 @@ def dice_ce_loss(
     Returns:
         Scalar loss.
     """
-    _check_logits(logits, "logits")
+    check_logits(logits, "logits")
     if w_dice < 0 or w_ce < 0 or w_dice + w_ce == 0:
         raise ValueError(f"w_dice and w_ce must be >= 0 and not both 0, got {w_dice}, {w_ce}")
     batch, num_classes, spatial = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
@@ -639,7 +645,7 @@ def focal_loss(
     Returns:
         A scalar, or ``(B, *spatial)`` for ``reduction="none"``.
     """
-    _check_logits(logits, "logits")
+    check_logits(logits, "logits")
     _check_reduction(reduction)
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")

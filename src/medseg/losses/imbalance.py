@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from medseg.losses.functional import _check_logits, _one_hot, as_label_map, as_mask
+from medseg.losses.functional import as_label_map, as_mask, check_logits, one_hot
 
 
 def gradient_balance(alpha: float, p0: float, p1: float) -> tuple[float, float]:
@@ -130,7 +130,7 @@ def class_fractions(
     spatial, batch = tuple(labels.shape[1:]), labels.shape[0]
     labels = as_label_map(labels, spatial, batch)
     m = as_mask(mask, spatial, batch, torch.float64)
-    oh = _one_hot(labels, num_classes, m, torch.float64)
+    oh = one_hot(labels, num_classes, m, torch.float64, spatial_dims=len(spatial))
     counts = oh.sum(dim=(0, *range(2, oh.ndim)))
     total = counts.sum()
     return counts / total if total > 0 else counts
@@ -151,12 +151,12 @@ def prediction_statistics(
         mean ``p_c`` over them (NaN when there are none); mean ``p_c`` over observed voxels of
         the other classes (NaN when there are none).
     """
-    _check_logits(probs, "probs")
+    check_logits(probs, "probs")
     batch, num_classes, spatial = probs.shape[0], probs.shape[1], tuple(probs.shape[2:])
     p = probs.detach().to(torch.float64)
     target = as_label_map(target, spatial, batch)
     m = as_mask(mask, spatial, batch, torch.float64)
-    y = _one_hot(target, num_classes, m, torch.float64)
+    y = one_hot(target, num_classes, m, torch.float64, spatial_dims=len(spatial))
     obs = torch.ones_like(p[:, :1]) if m is None else m.unsqueeze(1)
     dims = (0, *range(2, p.ndim))
     counts = y.sum(dims)

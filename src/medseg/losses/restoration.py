@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.physics.likelihoods import gamma_nll, poisson_nll, reduce_nll, rician_nll
-from medseg.physics.restoration_data import NoiseParams
+from medseg.physics.noise_params import NoiseParams
 
 __all__ = [
     "LOSS_KINDS",

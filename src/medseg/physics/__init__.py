@@ -30,8 +30,10 @@ from medseg.physics.noise import (
     mr_rician_noise,
     us_speckle,
 )
+from medseg.physics.noise_params import NoiseParams, grey_to_intensity, hu_to_counts_rate
 from medseg.physics.phantom import (
     PhantomCase,
+    PhantomSpec,
     cartesian_line_mask,
     make_phantom,
     simulate_phantom,
@@ -48,8 +50,12 @@ __all__ = [
     "mr_rician_noise",
     "us_speckle",
     "write_phantom_dataset",
+    "NoiseParams",
     "PhantomCase",
+    "PhantomSpec",
     "cartesian_line_mask",
+    "grey_to_intensity",
+    "hu_to_counts_rate",
     "simulate_phantom",
 ]
 from medseg.physics.likelihoods import gamma_nll, gaussian_hetero_nll, poisson_nll, rician_nll

@@ -22,9 +22,12 @@ US         echo intensity in dB re reference: outside     Gamma(L, 1/L) speckle 
            (hypoechoic), x depth attenuation
 =========  =============================================  ==========================================
 
-Parameters per modality: ``dose`` (CT photons per ray), ``mr_sigma`` (MR), ``looks`` (US),
-``acceleration`` / ``center_fraction`` (MR k-space); :func:`simulate_phantom` also returns the
-noise-free image (the restoration target). The old per-voxel CT model stays available as
+Everything that describes a phantom is one :class:`PhantomSpec` (shape, spacing, modality, lesion
+fraction and count, anatomy, noise level; per modality ``dose`` (CT photons per ray), ``mr_sigma``
+(MR), ``looks`` (US), ``acceleration`` / ``center_fraction`` (MR k-space)); the functions add only
+what is their own: ``simulate_phantom(spec, seed)`` (which also returns the noise-free image, the
+restoration target), ``make_phantom(spec, seed)`` and ``write_phantom_dataset(out_dir, spec,
+n_train, n_test, seed=...)``. The old per-voxel CT model stays available as
 ``ct_model="per_voxel"``.
 
 The per-pixel lesion-to-organ contrast-to-noise ratio is about 4 to 6 for every modality at
@@ -38,7 +41,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -248,50 +250,153 @@ class PhantomCase:
     info: dict[str, Any]
 
 
-def simulate_phantom(
-    spatial_dims: int,
-    shape: Sequence[int],
-    modality: str = "mr",
-    lesion_fraction: float = 0.01,
-    n_lesions: int = 3,
-    seed: int = 0,
-    noise_level: float = 1.0,
-    organ_scale: tuple[float, float] = (0.45, 0.65),
-    deformation: float = 0.15,
-    bias_strength: float = 0.15,
-    blur_sigma: float = 0.6,
-    *,
-    dose: float | None = None,
-    ct_model: str = "sinogram",
-    pixel_mm: float = 1.0,
-    mr_sigma: float | None = None,
-    acceleration: float = 1.0,
-    center_fraction: float = 0.08,
-    looks: float | None = None,
-) -> PhantomCase:
-    """One phantom with its noise-free version and label map (see :func:`make_phantom`)."""
-    mod = MODALITIES.get(modality.lower())
-    if mod is None:
-        raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
-    shape = tuple(int(s) for s in shape)
-    if spatial_dims not in (2, 3) or len(shape) != spatial_dims or min(shape) < 8:
-        raise ValueError(f"need {spatial_dims}D shape with sizes >= 8, got {shape}")
-    if not 0.0 <= lesion_fraction < 0.2:
-        raise ValueError(f"lesion_fraction must lie in [0, 0.2), got {lesion_fraction}")
-    if ct_model not in CT_MODELS:
-        raise ValueError(f"ct_model must be one of {CT_MODELS}, got {ct_model!r}")
-    if dose is not None and not dose > 0:
-        raise ValueError(f"dose (photons per ray I0) must be > 0, got {dose}")
-    if mr_sigma is not None and not mr_sigma >= 0:
-        raise ValueError(f"mr_sigma must be >= 0, got {mr_sigma}")
-    if looks is not None and not looks >= 1:
-        raise ValueError(f"looks must be >= 1 (L = 1 is fully developed speckle), got {looks}")
-    if not acceleration >= 1.0:
-        raise ValueError(f"acceleration must be >= 1 (1 = fully sampled), got {acceleration}")
-    if not pixel_mm > 0:
-        raise ValueError(f"pixel_mm must be > 0, got {pixel_mm}")
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What one phantom looks like: its grid, its anatomy and its modality's noise physics.
+
+    One spec describes every case of a dataset; the cases differ only by their seed. Everything
+    that is not about one phantom's appearance (the seed, the number of cases, the output folder,
+    whether clean images are written) is an argument of the function that takes the spec.
+
+    Attributes:
+        shape: Spatial shape in voxels, 2 or 3 entries, each ``>= 8``; its length is the spatial
+            dimension (:attr:`spatial_dims`). Array axes follow :class:`ImageMeta` (axis 0 = x,
+            1 = y, 2 = z), so a 3D CT phantom is simulated per axial slice ``image[:, :, k]``.
+        spacing: Voxel size in mm, one entry per axis, each ``> 0``; ``None`` (default) means
+            1 mm per axis and is stored as that tuple. The CT sinogram simulator takes
+            ``spacing[0]`` as its pixel size (the line integrals scale with it) and needs square
+            in-plane pixels (``spacing[0] == spacing[1]``).
+        modality: ``"ct"``, ``"mr"`` or ``"us"`` (any case; stored lower-case). Default ``"mr"``.
+        lesion_fraction: Fraction of all voxels that are lesion, in ``[0, 0.2)`` (met to within
+            one voxel). Default 0.01.
+        n_lesions: Number of lesions, ``>= 0`` (0 for none); the lesion volume is split among
+            them with random weights in [0.6, 1.4]. Default 3.
+        noise_level: Noise strength, ``>= 0``, dimensionless (1 = defaults in the module table;
+            0 = noise-free unless ``dose`` / ``mr_sigma`` / ``looks`` is given). Default 1.
+        organ_scale: ``(low, high)`` range of the organ's semi-axes as a fraction of the half
+            field of view, ``0 < low <= high < 1``. Default ``(0.45, 0.65)``.
+        deformation: Amplitude of the radial deformation of the organ (fraction of its radius),
+            ``>= 0``. Default 0.15.
+        bias_strength: Amplitude of the smooth intensity field, ``>= 0`` (MR: multiplicative
+            ``exp``; CT: ``10 HU * bias_strength / 0.15`` additive; US: depth attenuation of
+            ``40 * bias_strength`` dB at the far end). Default 0.15.
+        blur_sigma: Partial-volume Gaussian blur of the clean image in voxels, ``>= 0``.
+            Default 0.6.
+        dose: CT photons per ray ``I0`` (``> 0``); ``None`` (default): the dose that gives
+            ``10 * noise_level`` HU noise std in a typical pixel near the centre of the
+            reconstruction (:func:`medseg.physics.ct.fbp_photons_for_sigma`).
+        ct_model: ``"sinogram"`` (forward project, Poisson counts, FBP; default) or
+            ``"per_voxel"`` (:func:`medseg.physics.noise.ct_transmission_noise`, no tomography).
+        mr_sigma: MR noise std per real / imaginary part in image units (``>= 0``); ``None``
+            (default): ``0.05 * noise_level``. The organ signal is 0.6, so SNR =
+            ``0.6 / mr_sigma``.
+        acceleration: MR Cartesian undersampling factor ``R >= 1`` along axis 0 (1 = fully
+            sampled, default); zero-filled reconstruction, see :func:`cartesian_line_mask`.
+        center_fraction: Fully sampled share of the MR k-space centre when
+            ``acceleration > 1``, in ``(0, 1]``. Default 0.08.
+        looks: US speckle looks ``L >= 1``; ``None`` (default): ``4 / noise_level^2`` (at least
+            1).
+
+    Raises:
+        ValueError: a value out of range (the message names the field).
+    """
+
+    shape: tuple[int, ...] = (128, 128)
+    spacing: tuple[float, ...] | None = None
+    modality: str = "mr"
+    lesion_fraction: float = 0.01
+    n_lesions: int = 3
+    noise_level: float = 1.0
+    organ_scale: tuple[float, float] = (0.45, 0.65)
+    deformation: float = 0.15
+    bias_strength: float = 0.15
+    blur_sigma: float = 0.6
+    dose: float | None = None
+    ct_model: str = "sinogram"
+    mr_sigma: float | None = None
+    acceleration: float = 1.0
+    center_fraction: float = 0.08
+    looks: float | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.modality, str) or self.modality.lower() not in MODALITIES:
+            raise ValueError(f"modality must be one of {sorted(MODALITIES)}, "
+                             f"got {self.modality!r}")
+        put("modality", self.modality.lower())
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) not in (2, 3) or min(shape) < 8:
+            raise ValueError(f"shape must have 2 or 3 entries, each >= 8, got {shape}")
+        put("shape", shape)
+        spacing = tuple(float(s) for s in (self.spacing if self.spacing is not None
+                                           else [1.0] * len(shape)))
+        if len(spacing) != len(shape) or not all(s > 0 for s in spacing):
+            raise ValueError(f"spacing must have {len(shape)} entries (one per axis of shape "
+                             f"{shape}), each > 0 mm, got {spacing}")
+        put("spacing", spacing)
+        organ_scale = tuple(float(s) for s in self.organ_scale)
+        if len(organ_scale) != 2 or not 0.0 < organ_scale[0] <= organ_scale[1] < 1.0:
+            raise ValueError(f"organ_scale must be (low, high) with 0 < low <= high < 1, "
+                             f"got {self.organ_scale}")
+        put("organ_scale", organ_scale)
+        if not 0.0 <= self.lesion_fraction < 0.2:
+            raise ValueError(f"lesion_fraction must lie in [0, 0.2), got {self.lesion_fraction}")
+        if not self.n_lesions >= 0:
+            raise ValueError(f"n_lesions must be >= 0, got {self.n_lesions}")
+        for name in ("noise_level", "deformation", "bias_strength", "blur_sigma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.ct_model not in CT_MODELS:
+            raise ValueError(f"ct_model must be one of {CT_MODELS}, got {self.ct_model!r}")
+        if self.dose is not None and not self.dose > 0:
+            raise ValueError(f"dose (photons per ray I0) must be > 0, got {self.dose}")
+        if self.mr_sigma is not None and not self.mr_sigma >= 0:
+            raise ValueError(f"mr_sigma must be >= 0, got {self.mr_sigma}")
+        if self.looks is not None and not self.looks >= 1:
+            raise ValueError(f"looks must be >= 1 (L = 1 is fully developed speckle), "
+                             f"got {self.looks}")
+        if not self.acceleration >= 1.0:
+            raise ValueError(f"acceleration must be >= 1 (1 = fully sampled), "
+                             f"got {self.acceleration}")
+        if not 0.0 < self.center_fraction <= 1.0:
+            raise ValueError(f"center_fraction must lie in (0, 1], got {self.center_fraction}")
+        if self.modality == "ct" and self.ct_model == "sinogram" and spacing[0] != spacing[1]:
+            raise ValueError(f"spacing: the CT sinogram simulator needs square in-plane pixels "
+                             f"(spacing of axes 0 and 1 equal), got {spacing}")
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3 (the length of :attr:`shape`)."""
+        return len(self.shape)
+
+    @property
+    def modality_tag(self) -> str:
+        """The DICOM ``Modality`` value: ``"CT"``, ``"MR"`` or ``"US"``."""
+        return MODALITIES[self.modality]
+
+
+def simulate_phantom(spec: PhantomSpec, seed: int = 0) -> PhantomCase:
+    """One phantom with its noise-free version and label map.
+
+    The US transducer sits at the low end of axis 0; MR undersamples along axis 0 (the
+    phase-encode direction).
+
+    Args:
+        spec: What the phantom looks like (grid, anatomy, modality and noise physics).
+        seed: Random seed (everything is deterministic by it).
+
+    Returns:
+        The noisy image, the noise-free image and the label map (see :class:`PhantomCase`).
+
+    Raises:
+        ValueError: lesions that do not fit inside the organ.
+    """
+    mod = spec.modality_tag
+    shape, d = spec.shape, spec.spatial_dims
+    noise_level, bias_strength = spec.noise_level, spec.bias_strength
     rng = np.random.default_rng(seed)
-    d = spatial_dims
     n_vox = int(np.prod(shape))
     coords = np.stack(np.meshgrid(*[(2 * np.arange(n) + 1) / n - 1 for n in shape],
                                   indexing="ij"))
@@ -300,16 +405,16 @@ def simulate_phantom(
     body = _deformed_ellipsoid(coords, np.zeros(d), body_axes, np.eye(d),
                                _smooth_field(shape, rng, 3), 0.05)
     # organ
-    organ_axes = rng.uniform(*organ_scale, d)
+    organ_axes = rng.uniform(*spec.organ_scale, d)
     centre = rng.uniform(-0.08, 0.08, d)
     organ = _deformed_ellipsoid(coords, centre, organ_axes, _random_rotation(d, rng),
-                                _smooth_field(shape, rng, 4), deformation)
+                                _smooth_field(shape, rng, 4), spec.deformation)
     organ &= ndi.binary_erosion(body, iterations=2)
     # lesions
-    total = int(round(lesion_fraction * n_vox))
+    total = int(round(spec.lesion_fraction * n_vox))
     sizes: list[int] = []
-    if n_lesions > 0 and total > 0:
-        n = min(n_lesions, total)
+    if spec.n_lesions > 0 and total > 0:
+        n = min(spec.n_lesions, total)
         w = rng.uniform(0.6, 1.4, n)
         sizes = list(np.maximum(1, np.floor(total * w / w.sum())).astype(int))
         sizes[int(np.argmax(sizes))] += total - sum(sizes)
@@ -326,15 +431,16 @@ def simulate_phantom(
     clean[organ] = inten["organ"] + (5.0 if mod == "CT" else 0.02 if mod == "MR" else 0.5) * \
         texture[organ]
     clean[lesion] = inten["lesion"]
-    if blur_sigma > 0:
-        clean = ndi.gaussian_filter(clean, blur_sigma, mode="nearest")
+    if spec.blur_sigma > 0:
+        clean = ndi.gaussian_filter(clean, spec.blur_sigma, mode="nearest")
     bias = _smooth_field(shape, rng, 2)
     noise_info: dict[str, Any] = {"level": noise_level}
     if mod == "CT":
+        dose = spec.dose
         clean = clean + (10.0 * bias_strength / 0.15) * bias * body
         noisy = noise_level > 0 or dose is not None
-        if noisy and ct_model == "sinogram":
-            image, ct_info = _ct_sinogram_noise(clean, rng, noise_level, dose, pixel_mm)
+        if noisy and spec.ct_model == "sinogram":
+            image, ct_info = _ct_sinogram_noise(clean, rng, noise_level, dose, spec.spacing[0])
             noise_info.update(ct_info)
         elif noisy:
             sigma = 10.0 * noise_level
@@ -348,23 +454,24 @@ def simulate_phantom(
         clean_out = clean
     elif mod == "MR":
         clean = clean * np.exp(bias_strength * bias)
-        sigma = 0.05 * noise_level if mr_sigma is None else float(mr_sigma)
-        if acceleration == 1.0:
+        sigma = 0.05 * noise_level if spec.mr_sigma is None else float(spec.mr_sigma)
+        if spec.acceleration == 1.0:
             image = mr_rician_noise(clean, sigma, rng) if sigma > 0 else clean
         else:
             z = clean + 0j
             if sigma > 0:
                 re = sigma * rng.standard_normal(clean.shape)
                 z = z + re + 1j * sigma * rng.standard_normal(clean.shape)
-            mask = cartesian_line_mask(shape[0], acceleration, center_fraction, rng)
+            mask = cartesian_line_mask(shape[0], spec.acceleration, spec.center_fraction, rng)
             k = np.fft.fftn(z, norm="ortho") * mask.reshape((-1,) + (1,) * (d - 1))
             image = np.abs(np.fft.ifftn(k, norm="ortho"))
-            noise_info.update(acceleration=float(acceleration),
-                              center_fraction=float(center_fraction),
+            noise_info.update(acceleration=float(spec.acceleration),
+                              center_fraction=float(spec.center_fraction),
                               sampled_fraction=float(mask.mean()), undersampled_axis=0)
         noise_info.update(model="rician", sigma=sigma)
         clean_out = clean
     else:
+        looks = spec.looks
         depth = coords[0] * 0.5 + 0.5  # 0 at the transducer (first axis), 1 at the far end
         db = clean - bias_strength * 40.0 * (depth - 0.5) ** 2  # residual TGC error, mild
         intensity = 10.0 ** (db / 10.0)
@@ -390,61 +497,13 @@ def simulate_phantom(
                        label, info)
 
 
-def make_phantom(
-    spatial_dims: int,
-    shape: Sequence[int],
-    modality: str = "mr",
-    lesion_fraction: float = 0.01,
-    n_lesions: int = 3,
-    seed: int = 0,
-    noise_level: float = 1.0,
-    organ_scale: tuple[float, float] = (0.45, 0.65),
-    deformation: float = 0.15,
-    bias_strength: float = 0.15,
-    blur_sigma: float = 0.6,
-    *,
-    dose: float | None = None,
-    ct_model: str = "sinogram",
-    pixel_mm: float = 1.0,
-    mr_sigma: float | None = None,
-    acceleration: float = 1.0,
-    center_fraction: float = 0.08,
-    looks: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def make_phantom(spec: PhantomSpec, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
+                                                             dict[str, Any]]:
     """One phantom image with its label map.
 
-    Axis convention: array axes follow :class:`ImageMeta` (axis 0 = x, 1 = y, 2 = z for a
-    diagonal affine), so a 3D CT phantom is simulated per axial slice ``image[:, :, k]`` (in-plane
-    axes 0 and 1). The US transducer sits at the low end of axis 0; MR undersamples along axis 0
-    (the phase-encode direction).
-
     Args:
-        spatial_dims: 2 or 3.
-        shape: Spatial shape.
-        modality: ``"ct"``, ``"mr"`` or ``"us"``.
-        lesion_fraction: Fraction of all voxels that are lesion (met to within one voxel).
-        n_lesions: Number of lesions (0 for none); the lesion volume is split among them with
-            random weights in [0.6, 1.4].
+        spec: What the phantom looks like (grid, anatomy, modality and noise physics).
         seed: Random seed (everything is deterministic by it).
-        noise_level: Noise strength (1 = defaults in the module table; 0 = noise-free unless a
-            dose / sigma / looks is given explicitly).
-        organ_scale: Range of the organ's semi-axes as a fraction of the half field of view.
-        deformation: Amplitude of the radial deformation of the organ.
-        bias_strength: Amplitude of the smooth intensity field (MR: multiplicative ``exp``;
-            CT: ``10 HU * bias_strength / 0.15`` additive; US: depth attenuation in dB).
-        blur_sigma: Partial-volume blur of the clean image (voxels).
-        dose: CT photons per ray ``I0``; default: the dose that gives ``10 * noise_level`` HU
-            noise std in a typical pixel near the centre of the reconstruction (see
-            :func:`medseg.physics.ct.fbp_photons_for_sigma`).
-        ct_model: ``"sinogram"`` (forward project, Poisson counts, FBP; default) or
-            ``"per_voxel"`` (:func:`medseg.physics.noise.ct_transmission_noise`, no tomography).
-        pixel_mm: In-plane pixel size for the CT projection (sets the line integrals).
-        mr_sigma: MR noise std per real/imaginary part (default ``0.05 * noise_level``; organ
-            signal is 0.6, so SNR = ``0.6 / mr_sigma``).
-        acceleration: MR Cartesian undersampling factor ``R`` (1 = fully sampled); zero-filled
-            reconstruction, see :func:`cartesian_line_mask`.
-        center_fraction: Fully sampled k-space centre when ``acceleration > 1``.
-        looks: US speckle looks ``L`` (default ``4 / noise_level^2``).
 
     Returns:
         ``image`` float32 ``(*shape)`` (HU for CT, a.u. for MR, 0..255 for US), ``label`` int64
@@ -453,13 +512,9 @@ def make_phantom(
         returns the noise-free image.
 
     Raises:
-        ValueError: bad arguments or lesions that do not fit inside the organ.
+        ValueError: lesions that do not fit inside the organ.
     """
-    case = simulate_phantom(spatial_dims, shape, modality, lesion_fraction, n_lesions, seed,
-                            noise_level, organ_scale, deformation, bias_strength, blur_sigma,
-                            dose=dose, ct_model=ct_model, pixel_mm=pixel_mm, mr_sigma=mr_sigma,
-                            acceleration=acceleration, center_fraction=center_fraction,
-                            looks=looks)
+    case = simulate_phantom(spec, seed)
     return case.image, case.label, case.info
 
 
@@ -485,6 +540,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 _SUBDIRS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "cleanTr", "cleanTs")
+#: PhantomSpec fields left out of the dataset record at their defaults (see write_phantom_dataset)
+_APPEARANCE_FIELDS = ("organ_scale", "deformation", "bias_strength", "blur_sigma")
 
 
 def _clear_previous_phantom(out: Path) -> None:
@@ -513,23 +570,11 @@ def _clear_previous_phantom(out: Path) -> None:
 
 def write_phantom_dataset(
     out_dir: str | Path,
+    spec: PhantomSpec,
     n_train: int,
     n_test: int,
-    spatial_dims: int = 2,
-    shape: Sequence[int] = (128, 128),
-    modality: str = "mr",
-    lesion_fraction: float = 0.01,
-    seed: int = 0,
-    spacing: Sequence[float] | None = None,
-    noise_level: float = 1.0,
-    n_lesions: int = 3,
     *,
-    dose: float | None = None,
-    ct_model: str = "sinogram",
-    mr_sigma: float | None = None,
-    acceleration: float = 1.0,
-    center_fraction: float = 0.08,
-    looks: float | None = None,
+    seed: int = 0,
     write_clean: bool = False,
 ) -> Path:
     """Write an nnU-Net v2 style phantom dataset.
@@ -546,22 +591,10 @@ def write_phantom_dataset(
 
     Args:
         out_dir: Output folder.
+        spec: What every case looks like (grid, spacing, anatomy, modality, noise physics).
         n_train: Training cases.
         n_test: Held-out cases.
-        spatial_dims: 2 or 3.
-        shape: Spatial shape of every case.
-        modality: ``"ct"``, ``"mr"`` or ``"us"``.
-        lesion_fraction: Lesion fraction per image.
         seed: Dataset seed (each case gets its own derived seed).
-        spacing: Voxel size in mm (default 1 mm per axis).
-        noise_level: See :func:`make_phantom`.
-        n_lesions: Lesions per case.
-        dose: CT photons per ray (see :func:`make_phantom`).
-        ct_model: ``"sinogram"`` or ``"per_voxel"``.
-        mr_sigma: MR noise std (see :func:`make_phantom`).
-        acceleration: MR k-space undersampling factor.
-        center_fraction: MR fully sampled k-space centre.
-        looks: US speckle looks.
         write_clean: Also write the noise-free images to ``cleanTr/`` (and ``cleanTs/``), named
             like the images: the targets of a restoration model.
 
@@ -574,25 +607,24 @@ def write_phantom_dataset(
     from medseg.io import write_image, write_label
 
     out = Path(out_dir)
-    mod = MODALITIES.get(modality.lower())
-    if mod is None:
-        raise ValueError(f"modality must be one of {sorted(MODALITIES)}, got {modality!r}")
-    shape = tuple(int(s) for s in shape)
-    spacing_t = tuple(float(s) for s in (spacing if spacing is not None else [1.0] * len(shape)))
-    if len(spacing_t) != len(shape) or len(shape) != spatial_dims:
-        raise ValueError(f"shape {shape} and spacing {spacing_t} must have {spatial_dims} entries")
-    if mod == "CT" and ct_model == "sinogram" and spacing_t[0] != spacing_t[1]:
-        raise ValueError(f"the CT sinogram simulator needs square in-plane pixels (spacing of "
-                         f"axes 0 and 1 equal), got {spacing_t}")
-    options: dict[str, Any] = {"dose": dose, "ct_model": ct_model, "mr_sigma": mr_sigma,
-                               "acceleration": float(acceleration),
-                               "center_fraction": float(center_fraction), "looks": looks}
+    mod, spatial_dims = spec.modality_tag, spec.spatial_dims
+    # the same record, key by key, as before PhantomSpec, so folders written then are still
+    # recognised and reused; the appearance fields that could not be set then are recorded
+    # only when they differ from their defaults
     params = {
-        "n_train": int(n_train), "n_test": int(n_test), "spatial_dims": int(spatial_dims),
-        "shape": list(shape), "modality": mod, "lesion_fraction": float(lesion_fraction),
-        "seed": int(seed), "spacing": list(spacing_t), "noise_level": float(noise_level),
-        "n_lesions": int(n_lesions), **options, "write_clean": bool(write_clean),
+        "n_train": int(n_train), "n_test": int(n_test), "spatial_dims": spatial_dims,
+        "shape": list(spec.shape), "modality": mod,
+        "lesion_fraction": float(spec.lesion_fraction), "seed": int(seed),
+        "spacing": list(spec.spacing), "noise_level": float(spec.noise_level),
+        "n_lesions": int(spec.n_lesions), "dose": spec.dose, "ct_model": spec.ct_model,
+        "mr_sigma": spec.mr_sigma, "acceleration": float(spec.acceleration),
+        "center_fraction": float(spec.center_fraction), "looks": spec.looks,
+        "write_clean": bool(write_clean),
     }
+    for name in _APPEARANCE_FIELDS:
+        value = getattr(spec, name)
+        if value != PhantomSpec.__dataclass_fields__[name].default:
+            params[name] = list(value) if isinstance(value, tuple) else value
     ending = ".nii.gz"
     train_ids = [f"case_{i:03d}" for i in range(n_train)]
     test_ids = [f"case_{n_train + i:03d}" for i in range(n_test)]
@@ -638,12 +670,11 @@ def write_phantom_dataset(
     _write_json_atomic(out / "dataset.json", dataset)  # marks the folder as ours first
 
     seeds = np.random.SeedSequence(seed).spawn(n_train + n_test)
-    meta = ImageMeta.from_spacing(spacing_t, shape, modality=mod)
+    meta = ImageMeta.from_spacing(spec.spacing, spec.shape, modality=mod)
     case_info = {}
     for i, cid in enumerate(train_ids + test_ids):
         case_seed = int(seeds[i].generate_state(1)[0])
-        case = simulate_phantom(spatial_dims, shape, modality, lesion_fraction, n_lesions,
-                                case_seed, noise_level, pixel_mm=spacing_t[0], **options)
+        case = simulate_phantom(spec, case_seed)
         info = case.info
         split = ("imagesTr", "labelsTr", "cleanTr") if i < n_train else ("imagesTs", "labelsTs",
                                                                           "cleanTs")

@@ -11,7 +11,8 @@ A restoration dataset is an MSD-like folder::
     imagesTs/, targetsTs/, cleanTs/ held-out cases (``targetsTs`` always holds an independent
                                     noisy realisation: the proper score is its NLL)
 
-The ``"noise"`` record (:class:`NoiseParams`) holds everything the likelihood needs, so nothing
+The ``"noise"`` record (:class:`NoiseParams`, defined in :mod:`medseg.physics.noise_params` and
+re-exported here) holds everything the likelihood needs, so nothing
 is hard-coded in the loss:
 
 * CT: ``photons`` (``I0``, incident photons per ray), ``path_mm`` (``L``), ``mu_water`` (per mm).
@@ -28,8 +29,6 @@ input scale.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,8 @@ from medseg.physics.noise import (
     mr_rician_noise,
     us_speckle,
 )
-from medseg.physics.phantom import MODALITIES, make_phantom
+from medseg.physics.noise_params import NoiseParams, grey_to_intensity, hu_to_counts_rate
+from medseg.physics.phantom import MODALITIES, PhantomSpec, make_phantom
 
 __all__ = [
     "NoiseParams",
@@ -59,91 +59,6 @@ __all__ = [
 
 _MARKER = "medseg_restoration"
 _SUBDIRS = ("imagesTr", "targetsTr", "cleanTr", "imagesTs", "targetsTs", "cleanTs")
-
-
-@dataclass
-class NoiseParams:
-    """The noise law of a restoration dataset (the ``"noise"`` object of ``dataset.json``).
-
-    Attributes:
-        modality: ``"CT"``, ``"MR"`` or ``"US"``.
-        data_range: Intensity range of the clean images (PSNR range, network input scale).
-        photons: CT incident photons per ray ``I0``.
-        path_mm: CT ray length ``L`` (mm).
-        mu_water: CT attenuation of water per mm.
-        sigma: MR noise std of the real / imaginary parts (image units).
-        looks: US number of looks ``L >= 1`` of the Gamma speckle.
-        dynamic_range_db: US displayed dynamic range (dB) of the log compression.
-        reference: US intensity displayed as grey 255.
-    """
-
-    modality: str
-    data_range: float
-    photons: float | None = None
-    path_mm: float | None = None
-    mu_water: float | None = None
-    sigma: float | None = None
-    looks: float | None = None
-    dynamic_range_db: float | None = None
-    reference: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON record (unused fields left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: Any, path: str | Path | None = None) -> NoiseParams:
-        """Read and check a ``"noise"`` record.
-
-        Raises:
-            InputError: unknown modality, a missing parameter or one out of range (naming
-                ``path``).
-        """
-        hint = "regenerate it with `medseg restoration-data` or fix the \"noise\" object"
-        if not isinstance(d, dict):
-            raise InputError("dataset.json has no \"noise\" object", path, hint)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown noise parameter(s) {unknown}; valid: {sorted(known)}",
-                             path, hint)
-        mod = str(d.get("modality", "")).upper()
-        need = {"CT": ("photons", "path_mm", "mu_water"), "MR": ("sigma",),
-                "US": ("looks", "dynamic_range_db", "reference")}
-        if mod not in need:
-            raise InputError(f"noise modality must be CT, MR or US, got {d.get('modality')!r}",
-                             path, hint)
-        vals: dict[str, Any] = {"modality": mod}
-        for k in ("data_range", *need[mod]):
-            v = d.get(k)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InputError(f"noise parameter {k!r} is missing or not a number ({v!r})",
-                                 path, hint)
-            if v <= 0:
-                raise InputError(f"noise parameter {k!r} must be > 0, got {v}", path, hint)
-            vals[k] = float(v)
-        if mod == "US" and vals["looks"] < 1:
-            raise InputError(f"noise parameter 'looks' must be >= 1, got {vals['looks']}", path,
-                             "the Gamma speckle likelihood needs L >= 1 (fully developed = 1)")
-        return cls(**vals)
-
-
-def hu_to_counts_rate(hu: np.ndarray, noise: NoiseParams) -> np.ndarray:
-    """Expected detector counts ``I0 exp(-mu_water (1 + HU / 1000) L)`` (CT transmission model)."""
-    assert noise.photons and noise.path_mm and noise.mu_water
-    mu = noise.mu_water * (1.0 + np.asarray(hu, np.float64) / 1000.0)
-    return noise.photons * np.exp(-mu * noise.path_mm)
-
-
-def grey_to_intensity(grey: np.ndarray, noise: NoiseParams) -> np.ndarray:
-    """Undo the log compression: grey ``g`` -> ``reference * 10^((g / 255 - 1) DR / 10)``.
-
-    Exact for grey values strictly inside (0, 255); clipped voxels (below ``-DR`` dB or above the
-    reference) map to the clip level.
-    """
-    assert noise.dynamic_range_db and noise.reference
-    g = np.asarray(grey, np.float64)
-    return noise.reference * 10.0 ** ((g / 255.0 - 1.0) * noise.dynamic_range_db / 10.0)
 
 
 def noise_params_for_level(modality: str, level: float, data_range: float = 1.0,
@@ -193,7 +108,7 @@ def read_restoration_json(folder: str | Path) -> tuple[dict[str, Any], NoisePara
     js = Path(folder) / "dataset.json"
     if not js.is_file():
         raise InputError("no dataset.json in the restoration dataset folder", js.parent,
-                         "write one with `medseg restoration-data --out DIR`")
+                         "write one with `medseg restoration-data --output DIR`")
     try:
         d = json.loads(js.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -222,10 +137,10 @@ def write_restoration_dataset(
 ) -> Path:
     """Write a restoration dataset (layout in the module docstring), deterministic by ``seed``.
 
-    Each case: ``make_phantom(..., noise_level=0)`` gives the clean image (HU / magnitude / grey);
-    two independent realisations of the modality's noise (:func:`_realisation`) give the input
-    and the noisy target. Files go through :func:`medseg.io.write_image` (atomic);
-    ``dataset.json`` is written last, atomically.
+    Each case: ``make_phantom(PhantomSpec(..., noise_level=0))`` gives the clean image (HU /
+    magnitude / grey); two independent realisations of the modality's noise
+    (:func:`_realisation`) give the input and the noisy target. Files go through
+    :func:`medseg.io.write_image` (atomic); ``dataset.json`` is written last, atomically.
 
     Args:
         out_dir: A new or empty folder.
@@ -257,11 +172,12 @@ def write_restoration_dataset(
                          "choose a new folder; medseg never overwrites existing data")
     noise = noise_params_for_level(modality, level)
     shape = (int(size),) * spatial_dims
+    spec = PhantomSpec(shape=shape, modality=modality, noise_level=0.0)
     seeds = np.random.SeedSequence(seed).spawn(n_train + n_test)
     cases = []
     for i in range(n_train + n_test):
         case_seed = int(seeds[i].generate_state(1)[0])
-        clean, _, _ = make_phantom(spatial_dims, shape, modality, seed=case_seed, noise_level=0.0)
+        clean, _, _ = make_phantom(spec, seed=case_seed)
         rng = np.random.default_rng([case_seed, 1])
         cases.append((clean, _realisation(clean, noise, rng), _realisation(clean, noise, rng)))
     train_clean = np.stack([c[0] for c in cases[:n_train]])

@@ -1,6 +1,6 @@
-"""Training: configuration as data, the loop (E3), atomic checkpoints, DDP plumbing (E7)."""
+"""Training: configuration as data, the one engine (E3), atomic checkpoints, DDP plumbing (E7)."""
 
 from medseg.training.config import ExperimentConfig
-from medseg.training.loop import TrainResult, train
+from medseg.training.engine import TrainingError, TrainResult, train
 
-__all__ = ["ExperimentConfig", "TrainResult", "train"]
+__all__ = ["ExperimentConfig", "TrainResult", "TrainingError", "train"]

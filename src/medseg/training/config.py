@@ -183,6 +183,8 @@ class TrainConfig:
         num_threads: Torch intra-op threads (``0`` = torch default).
         prefetch: Prepare the next batch in a background thread.
         deterministic: Ask torch for deterministic algorithms.
+        max_bad_steps: Steps in a row with a non-finite loss or gradient norm (each skipped,
+            never applied) after which training stops with an error.
     """
 
     epochs: int = 50
@@ -198,9 +200,10 @@ class TrainConfig:
     num_threads: int = 0
     prefetch: bool = True
     deterministic: bool = False
+    max_bad_steps: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.fg_oversample <= 1.0:
@@ -284,10 +287,11 @@ class InstanceConfig:
 class ExperimentConfig:
     """Everything needed to train and to reproduce a model.
 
-    ``task`` is ``"segmentation"`` (T3), ``"classification"`` (T1 / T2, single- or
-    multi-label decided by the label table) or ``"instance"`` (T4: a segmentation network trained
-    on background / interior / boundary targets, see the ``instance`` section) or
-    ``"restoration"`` (denoising with L2 or the modality's likelihood, ``loss.restoration``).
+    ``task`` names a registered task (:func:`medseg.tasks.list_tasks`): ``"segmentation"`` (T3),
+    ``"classification"`` (T1 / T2, single- or multi-label decided by the label table),
+    ``"instance"`` (T4: a segmentation network trained on background / interior / boundary
+    targets, see the ``instance`` section) or ``"restoration"`` (denoising with L2 or the
+    modality's likelihood, ``loss.restoration``). Each task refuses settings it does not use.
     """
 
     task: str = "segmentation"
@@ -304,15 +308,18 @@ class ExperimentConfig:
     output_dir: str = "runs/model"
 
     def __post_init__(self) -> None:
-        if self.task not in ("segmentation", "classification", "instance", "restoration"):
-            raise ConfigError(f"task must be 'segmentation', 'classification', 'instance' or "
-                              f"'restoration', got {self.task!r}")
+        from medseg.tasks import ALIASES, list_tasks
+
+        self.task = ALIASES.get(self.task, self.task)
+        if self.task not in list_tasks():
+            raise ConfigError(f"task must be one of {', '.join(list_tasks())}, got "
+                              f"{self.task!r}")
 
     def model_name(self) -> str:
         """The registered network to build (``model.name``, with ``auto`` resolved by task)."""
-        if self.model.name != "auto":
-            return self.model.name
-        return "resnet_classifier" if self.task == "classification" else "unet"
+        from medseg.tasks import get_task
+
+        return get_task(self.task).model_name(self)
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

@@ -1,9 +1,5 @@
-"""End-to-end workflows used by the CLI and from Python (E3): train, predict, evaluate, demo.
+"""The implementations behind the ``medseg`` subcommands (CLI and Python): the demo and the
+train / predict / evaluate dispatch through the task registry (:mod:`medseg.tasks`).
 
-This is the top layer: it composes io, data, networks, inference, metrics and reports.
+This is the top layer: it composes the engine, the model folder and the task modules.
 """
-
-from medseg.workflows.evaluate import evaluate_folders
-from medseg.workflows.predict import TrainedModel, predict_inputs
-
-__all__ = ["TrainedModel", "evaluate_folders", "predict_inputs"]

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import InputError
-from medseg.physics import write_phantom_dataset
+from medseg.physics import PhantomSpec, write_phantom_dataset
+from medseg.tasks.segmentation import SegmentationModel, evaluate_folders, predict_inputs
 from medseg.training.config import ExperimentConfig
-from medseg.training.loop import train
-from medseg.workflows.evaluate import evaluate_folders
-from medseg.workflows.predict import TrainedModel, predict_inputs
+from medseg.training.engine import train
 
 _MARKER = ".medseg_demo"
 
@@ -81,10 +80,10 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> dict:
     if out.exists() and any(out.iterdir()):
         if not (out / _MARKER).exists():
             raise InputError("the output folder exists and was not written by medseg demo", out,
-                             "choose another --out (medseg never overwrites your files)")
+                             "choose another --output (medseg never overwrites your files)")
         if not s.force:
             raise InputError("the demo output folder already exists", out,
-                             "pass --force to replace it, or choose another --out")
+                             "pass --force to replace it, or choose another --output")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("written by medseg demo; safe to delete\n")
@@ -94,15 +93,15 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> dict:
     data_dir, model_dir = out / "data", out / "model"
     log(f"medseg demo: {n_train}+{n_test} {s.dims}D {s.modality.upper()} phantoms of "
         f"{size}^{s.dims} (lesion fraction {s.lesion_fraction:g}) -> {data_dir}")
-    write_phantom_dataset(data_dir, n_train=n_train, n_test=n_test, spatial_dims=s.dims,
-                          shape=(size,) * s.dims, modality=s.modality,
-                          lesion_fraction=s.lesion_fraction, seed=s.seed)
+    spec = PhantomSpec(shape=(size,) * s.dims, modality=s.modality,
+                       lesion_fraction=s.lesion_fraction)
+    write_phantom_dataset(data_dir, spec, n_train=n_train, n_test=n_test, seed=s.seed)
     cfg = demo_config(s, data_dir, model_dir)
     result = train(cfg, log=log)
     if result.interrupted:
         raise KeyboardInterrupt
     log("predicting the held-out phantoms with sliding windows")
-    model = TrainedModel.load(model_dir, device=s.device)
+    model = SegmentationModel.load(model_dir, device=s.device)
     pred_dir = out / "predictions"
     predict_inputs(model, data_dir / "imagesTs", pred_dir, log=lambda _m: None)
     log("evaluating")

@@ -1,4 +1,9 @@
-"""Instance segmentation workflows (T4 / A8): predict instances and evaluate them.
+"""Instance segmentation (T4 / A8): the task module the engine drives.
+
+Training reuses the segmentation task unchanged on 3-class targets (background / interior /
+boundary, :mod:`medseg.instance.targets`) written into ``<model>/instance_targets/`` from a
+DSB2018 folder or an ``images/`` + ``masks/`` folder of instance label maps; ``plan.json``
+records the post-processing parameters (``instance`` block).
 
 * :func:`predict_instances` — a model trained with ``task: instance`` predicts background /
   interior / boundary probabilities with sliding windows; the seeded watershed of
@@ -23,7 +28,6 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +44,27 @@ from medseg.errors import InputError
 from medseg.instance import PostprocessParams, probs_to_instances
 from medseg.io import list_image_files, read_image, read_label, write_image
 from medseg.io.atomic import atomic_write_text
-from medseg.io.files import file_suffix
 from medseg.metrics.instance import (
     INSTANCE_SUMMARY_KEYS,
     evaluate_instances,
     summarize_instances,
     write_instance_metrics,
 )
-from medseg.workflows.predict import TrainedModel, _output_suffix, collect_inputs
+from medseg.model_folder import ModelFolder, Plan
+from medseg.tasks import register_task
+from medseg.tasks.base import EvaluateRequest, Log, PredictRequest, output_label, plan_entry
+from medseg.tasks.segmentation import (
+    PreparedData,
+    SegmentationModel,
+    SegmentationTask,
+    collect_inputs,
+    output_suffix,
+)
+from medseg.training.config import ExperimentConfig
 
 INSTANCE_SUFFIX = "_instances"
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 INSTANCE_TABLE_COLUMNS = ("id", "class", "score", "area_voxels", "area_mm2", "volume_mm3")
-
-
-def _stem(p: Path) -> str:
-    suf = file_suffix(p)
-    return p.name[: -len(suf)] if suf and p.name.lower().endswith(suf) else p.stem
 
 
 def _instance_inputs(path: Path, in_channels: int) -> list[tuple[str, Any]]:
@@ -92,10 +100,10 @@ def _table_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def predict_instances(model: TrainedModel, input_path: str | Path, output_dir: str | Path,
+def predict_instances(model: SegmentationModel, input_path: str | Path, output_dir: str | Path,
                       fmt: str = "auto", tta: bool | None = None, overlap: float | None = None,
                       params: PostprocessParams | None = None,
-                      log: Callable[[str], None] = print) -> list[Path]:
+                      log: Log = print) -> list[Path]:
     """Predict the instances of every case under ``input_path``.
 
     Args:
@@ -114,13 +122,13 @@ def predict_instances(model: TrainedModel, input_path: str | Path, output_dir: s
     Raises:
         InputError: the model is not an instance model, or a bad input (named).
     """
-    if model.info.get("task") != "instance" or model.num_classes != 3:
+    if model.info.task != "instance" or model.num_classes != 3:
         raise InputError("not an instance segmentation model (plan.json task is "
-                         f"{model.info.get('task')!r})", model.folder,
+                         f"{model.info.task!r})", model.folder,
                          "train one with medseg train --task instance")
-    prm = params or PostprocessParams(**model.info.get("instance", {}).get("postprocess", {}))
+    prm = params or PostprocessParams(**model.info["instance"]["postprocess"])
     out = Path(output_dir)
-    cin = int(model.info["in_channels"])
+    cin = int(model.info.in_channels)
     cases = _instance_inputs(Path(input_path), cin)
     written = []
     for i, (name, src) in enumerate(cases):
@@ -128,9 +136,9 @@ def predict_instances(model: TrainedModel, input_path: str | Path, output_dir: s
         if cin == 1 and image.shape[0] > 1:
             image = to_grey(image)
         probs = model.predict(image, meta, tta=tta, overlap=overlap)
-        inst = probs_to_instances(probs, prm)
+        inst = probs_to_instances(probs.probs, prm)
         labels = inst.to_label_map().numpy()
-        suffix = _output_suffix(src, fmt)
+        suffix = output_suffix(src, fmt)
         if suffix in _RASTER and labels.ndim == 3 and fmt == "png":
             suffix = ".nii.gz"
         dest = out / f"{name}{INSTANCE_SUFFIX}{suffix}"
@@ -141,7 +149,7 @@ def predict_instances(model: TrainedModel, input_path: str | Path, output_dir: s
             write_image(dest, labels.astype(np.uint16), meta, dtype=np.uint16)
         else:
             write_image(dest, labels.astype(np.int32), meta, dtype=np.int32)
-        physical = file_suffix(dest) not in _RASTER
+        physical = not dest.name.lower().endswith(_RASTER)
         spacing = tuple(meta.spacing[: labels.ndim]) if physical else None
         rows = instance_table(labels, inst.classes.numpy(), inst.scores.numpy(), spacing)
         base = out / f"{name}{INSTANCE_SUFFIX}"
@@ -160,7 +168,7 @@ def is_instance_prediction_folder(path: str | Path) -> bool:
     p = Path(path)
     files = [p] if p.is_file() else (
         [e for e in list_image_files(p) if isinstance(e, Path)] if p.is_dir() else [])
-    return any(_stem(f).endswith(INSTANCE_SUFFIX) for f in files)
+    return any(output_label(f).endswith(INSTANCE_SUFFIX) for f in files)
 
 
 def _reference_maps(ref: Path, ref_suffix: str) -> dict[str, InstanceCase]:
@@ -174,7 +182,7 @@ def _reference_maps(ref: Path, ref_suffix: str) -> dict[str, InstanceCase]:
         files = [e for e in list_image_files(folder) if isinstance(e, Path) and e.is_file()]
     out = {}
     for f in files:
-        n = _stem(f)
+        n = output_label(f)
         if ref_suffix and n.endswith(ref_suffix):
             n = n[: -len(ref_suffix)]
         out[n] = InstanceCase(n, f, [], f)
@@ -186,7 +194,7 @@ def _reference_maps(ref: Path, ref_suffix: str) -> dict[str, InstanceCase]:
 
 def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | Path,
                               ref_suffix: str = "", mask_threshold: float | None = None,
-                              log: Callable[[str], None] = print) -> dict[str, Any]:
+                              log: Log = print) -> dict[str, Any]:
     """Score ``*_instances.*`` predictions against reference instances.
 
     Args:
@@ -212,14 +220,14 @@ def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | P
         raise InputError("reference not found", ref, "check the --ref path")
     files = [pred] if pred.is_file() else [
         e for e in list_image_files(pred) if isinstance(e, Path) and e.is_file()]
-    files = [f for f in files if _stem(f).endswith(INSTANCE_SUFFIX)]
+    files = [f for f in files if output_label(f).endswith(INSTANCE_SUFFIX)]
     if not files:
         raise InputError("no *_instances.* label maps in the prediction folder", pred,
                          "give the --output folder of medseg predict with an instance model")
     refs = _reference_maps(ref, ref_suffix)
     cases = []
     for f in files:
-        name = _stem(f)[: -len(INSTANCE_SUFFIX)]
+        name = output_label(f)[: -len(INSTANCE_SUFFIX)]
         if name not in refs:
             raise InputError(f"prediction has no reference case {name!r} in {ref}", f,
                              "evaluate against the folder holding this case (or pass "
@@ -231,7 +239,7 @@ def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | P
                              f"{rmap.shape} ({refs[name].reference})", f,
                              "predict on the same images as the references")
         scores = None
-        side = f.with_name(_stem(f) + ".json")
+        side = f.with_name(output_label(f) + ".json")
         if side.is_file():
             try:
                 doc = json.loads(side.read_text())
@@ -259,3 +267,56 @@ def format_instance_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  pooled@0.5     TP {p['tp']} FP {p['fp']} FN {p['fn']}  F1 {p['f1']:.4f}  "
                  f"AP {p['ap']:.4f}")
     return "\n".join(lines)
+
+
+@register_task
+class InstanceTask(SegmentationTask):
+    """Instance segmentation (T4): the segmentation task on interior / boundary targets, with a
+    seeded watershed at prediction and matched F1 / AP / PQ at evaluation."""
+
+    name = "instance"
+    description = "instance segmentation (nuclei, cells): interior/boundary targets + watershed"
+    uses = SegmentationTask.uses | {"instance"}
+
+    def open_dataset(self, cfg: ExperimentConfig) -> Any:
+        from medseg.data.instance import build_semantic_dataset, open_instance_dataset
+
+        if not cfg.data.dataset:
+            raise InputError("no dataset given", hint="pass --dataset DIR or set data.dataset")
+        inst = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
+        return build_semantic_dataset(inst, Path(cfg.output_dir) / "instance_targets",
+                                      cfg.instance.boundary_width, cfg.instance.mask_threshold)
+
+    def plan_entries(self, cfg: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
+        return {**super().plan_entries(cfg, data),
+                "instance": {"boundary_width": cfg.instance.boundary_width,
+                             "mask_threshold": cfg.instance.mask_threshold,
+                             "postprocess": cfg.instance.postprocess_dict()}}
+
+    def check_plan(self, plan: Plan, source: Path) -> None:
+        super().check_plan(plan, source)
+        block = plan_entry(plan, "instance", dict, source)
+        try:
+            PostprocessParams(**block.get("postprocess", {}))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"plan.json entry 'instance.postprocess' is invalid ({e})", source,
+                             "give the plan.json that medseg train wrote") from None
+        if plan.num_classes != 3:
+            raise InputError(f"an instance model has 3 outputs, plan.json says "
+                             f"{plan.num_classes}", source,
+                             "give the plan.json that medseg train wrote")
+
+    def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
+        model = SegmentationModel.load(folder, request.checkpoint, request.device)
+        files = predict_instances(model, request.input, request.output, fmt=request.format,
+                                  tta=request.tta, overlap=request.overlap, log=log)
+        log(f"{len(files)} instance prediction(s) written to {request.output}")
+        return files
+
+    def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
+        return evaluate_instance_folders(request.pred, request.ref, request.output,
+                                         ref_suffix=request.ref_suffix,
+                                         mask_threshold=request.mask_threshold, log=log)
+
+    def recognises(self, pred: Path) -> bool:
+        return is_instance_prediction_folder(pred)

@@ -1,0 +1,295 @@
+"""One model folder type: what ``medseg train`` writes and everything else reads.
+
+A model folder holds::
+
+    config.yaml           the resolved ExperimentConfig of the run
+    plan.json             the Plan: task, network, shapes, classes, task entries (preprocessing...)
+    checkpoint_last.pt    weights + optimiser + engine state (resume)
+    checkpoint_best.pt    the same at the best validation value of the task's key metric
+    train_log.csv         one row per epoch
+
+:class:`Plan` is the typed, versioned schema of ``plan.json``; :class:`ModelFolder` loads and
+checks a folder (bad JSON, a wrong type, an unknown task or network, options that do not build
+the network or do not match the weights each give a one-line :class:`~medseg.errors.InputError`
+naming ``plan.json``) and builds its network. Folders written before the plan had a version
+(``medseg-plan/1``) load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.errors import InputError
+from medseg.training.checkpoint import (
+    BEST_NAME,
+    CONFIG_NAME,
+    LAST_NAME,
+    LOG_NAME,
+    PLAN_NAME,
+    atomic_write_json,
+    load_checkpoint,
+)
+from medseg.training.device import resolve_device
+
+PLAN_FORMAT = "medseg-plan/2"
+#: Plan formats this version reads.
+READABLE_FORMATS = ("medseg-plan/1", PLAN_FORMAT)
+#: Keys every plan has; the rest of ``plan.json`` are the task's entries.
+_CORE_KEYS = ("format", "task", "spatial_dims", "in_channels", "num_classes", "class_names",
+              "model", "train_ids", "val_ids")
+#: A plan larger than this is not a medseg plan (a guard before anything is built from it).
+MAX_PLAN_BYTES = 64 * 2**20
+
+
+@dataclass
+class Plan:
+    """The schema of ``plan.json``: all prediction needs besides the weights.
+
+    Attributes:
+        task: Registered task name (:func:`medseg.tasks.list_tasks`).
+        spatial_dims: 2 or 3.
+        in_channels: Input channels of the network.
+        num_classes: Output channels of the network (classes, labels, or 1 for restoration).
+        model_name: Registered network name.
+        model_options: Its constructor options.
+        class_names: One name per output class (empty where the task has none).
+        train_ids: Case ids the model was trained on.
+        val_ids: Case ids of its validation split.
+        entries: The task's own entries (preprocessing, patch size, noise law, ...), checked
+            by the task (:meth:`medseg.tasks.base.Task.check_plan`).
+        format: Schema version written (``medseg-plan/2``; ``/1`` is read too).
+    """
+
+    task: str
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    model_name: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    train_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    entries: dict[str, Any] = field(default_factory=dict)
+    format: str = PLAN_FORMAT
+
+    def __getitem__(self, key: str) -> Any:
+        """``plan[key]``: a task entry, or a core field by its ``plan.json`` name."""
+        if key in self.entries:
+            return self.entries[key]
+        d = self.to_dict()
+        if key in d:
+            return d[key]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Like ``dict.get`` on the ``plan.json`` view."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``plan.json`` layout (core keys first, then the task's entries)."""
+        return {"format": self.format, "task": self.task, "spatial_dims": self.spatial_dims,
+                "in_channels": self.in_channels, "num_classes": self.num_classes,
+                "class_names": list(self.class_names),
+                "model": {"name": self.model_name, "options": dict(self.model_options)},
+                "train_ids": list(self.train_ids), "val_ids": list(self.val_ids),
+                **self.entries}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | Path | None = None) -> Plan:
+        """Check types and build; legacy task names (``semantic_segmentation``) are mapped.
+
+        Raises:
+            InputError: not a mapping, an unknown format, a missing or ill-typed core key
+                (naming ``source``).
+        """
+        from medseg.tasks import ALIASES
+
+        def bad(problem: str) -> InputError:
+            return InputError(problem, source, "give the plan.json that medseg train wrote "
+                                               "(or retrain the model)")
+
+        if not isinstance(d, dict):
+            raise bad(f"plan.json must hold a JSON object, got {type(d).__name__}")
+        fmt = d.get("format", "medseg-plan/1")
+        if fmt not in READABLE_FORMATS:
+            raise bad(f"unknown plan format {fmt!r} (this medseg reads "
+                      f"{', '.join(READABLE_FORMATS)})")
+
+        def need(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+            if key not in d:
+                if default is ...:
+                    raise bad(f"plan.json has no {key!r} entry")
+                return default
+            v = d[key]
+            if isinstance(v, bool) and kind is int or not isinstance(v, kind):
+                raise bad(f"plan.json entry {key!r} must be {getattr(kind, '__name__', kind)}, "
+                          f"got {v!r:.60}")
+            return v
+
+        task = str(need("task", str))
+        model = need("model", dict)
+        name, options = model.get("name"), model.get("options", {})
+        if not isinstance(name, str) or not isinstance(options, dict):
+            raise bad("plan.json entry 'model' must be {\"name\": text, \"options\": {...}}")
+        dims = need("spatial_dims", int)
+        if dims not in (2, 3):
+            raise bad(f"plan.json entry 'spatial_dims' must be 2 or 3, got {dims}")
+        cin, ncls = need("in_channels", int), need("num_classes", int)
+        if not (1 <= cin <= 4096 and 1 <= ncls <= 65535):
+            raise bad(f"plan.json in_channels {cin} / num_classes {ncls} out of range")
+        lists = {}
+        for key in ("class_names", "train_ids", "val_ids"):
+            v = need(key, list, [])
+            if not all(isinstance(s, str) for s in v):
+                raise bad(f"plan.json entry {key!r} must be a list of text")
+            lists[key] = v
+        entries = {k: v for k, v in d.items() if k not in _CORE_KEYS}
+        return cls(ALIASES.get(task, task), dims, cin, ncls, name, dict(options),
+                   lists["class_names"], lists["train_ids"], lists["val_ids"], entries,
+                   PLAN_FORMAT)
+
+
+@dataclass
+class ModelFolder:
+    """A trained model folder: its path and its checked :class:`Plan`.
+
+    Attributes:
+        path: The folder.
+        plan: Its plan.
+    """
+
+    path: Path
+    plan: Plan
+
+    @property
+    def task(self) -> str:
+        return self.plan.task
+
+    @classmethod
+    def open(cls, folder: str | Path, task: str | None = None) -> ModelFolder:
+        """Read and check ``plan.json`` (schema, task, network name, the task's entries).
+
+        Args:
+            folder: The model folder.
+            task: When given, the task the caller needs (another task is an error).
+
+        Raises:
+            InputError: not a model folder, or a bad ``plan.json`` (naming it).
+        """
+        from medseg.networks import list_models
+        from medseg.tasks import get_task, list_tasks
+
+        folder = Path(folder)
+        plan_path = folder / PLAN_NAME
+        if not folder.is_dir():
+            raise InputError("model folder not found", folder,
+                             "give the --output folder of medseg train")
+        if not plan_path.is_file():
+            raise InputError("not a medseg model folder (no plan.json)", folder,
+                             "give the --output folder of medseg train")
+        if plan_path.stat().st_size > MAX_PLAN_BYTES:
+            raise InputError(f"plan.json is {plan_path.stat().st_size} bytes, more than a plan "
+                             "can be", plan_path, "give the plan.json that medseg train wrote")
+        try:
+            raw = json.loads(plan_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"plan.json is not valid JSON ({e})", plan_path,
+                             "give the plan.json that medseg train wrote") from None
+        plan = Plan.from_dict(raw, plan_path)
+        if plan.task not in list_tasks():
+            raise InputError(f"plan.json names an unknown task {plan.task!r}", plan_path,
+                             f"this medseg knows {', '.join(list_tasks())}")
+        if plan.model_name not in list_models():
+            raise InputError(f"plan.json names an unknown network {plan.model_name!r}",
+                             plan_path, "see `medseg models` for the registered networks")
+        if task is not None and plan.task != task:
+            raise InputError(f"this is a {plan.task} model, not a {task} model", folder,
+                             f"give a model trained with --task {task}")
+        get_task(plan.task).check_plan(plan, plan_path)
+        return cls(folder, plan)
+
+    def checkpoint_path(self, which: str = "best") -> Path:
+        """``checkpoint_best.pt`` (falls back to the last one before any best), or the last."""
+        if which not in ("best", "last"):
+            raise InputError(f"unknown checkpoint {which!r}", self.path, "use best or last")
+        ck = self.path / (BEST_NAME if which == "best" else LAST_NAME)
+        if which == "best" and not ck.exists() and (self.path / LAST_NAME).exists():
+            ck = self.path / LAST_NAME
+        return ck
+
+    def build_network(self) -> torch.nn.Module:
+        """The network the plan names, freshly initialised (no weights loaded).
+
+        Raises:
+            InputError: the plan's options do not build it (naming ``plan.json``).
+        """
+        from medseg.networks import create_model
+
+        p = self.plan
+        try:
+            return create_model(p.model_name, spatial_dims=p.spatial_dims,
+                                in_channels=p.in_channels, num_classes=p.num_classes,
+                                **p.model_options)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"the network options in plan.json do not build "
+                             f"{p.model_name!r}: {e}", self.path / PLAN_NAME,
+                             "give the plan.json that medseg train wrote") from None
+
+    def load_network(self, checkpoint: str = "best", device: str = "auto"
+                     ) -> tuple[torch.nn.Module, torch.device]:
+        """The network with its trained weights, in eval mode on ``device``.
+
+        Raises:
+            InputError: bad device, missing/unreadable checkpoint, or weights that do not fit
+                the network the plan describes (naming ``plan.json``).
+        """
+        dev = resolve_device(device)
+        state = load_checkpoint(self.checkpoint_path(checkpoint), map_location=dev)
+        model = self.build_network()
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:200]
+            raise InputError(f"the network in plan.json does not match the checkpoint's "
+                             f"weights ({first})", self.path / PLAN_NAME,
+                             "keep plan.json and the checkpoints of one training run together"
+                             ) from None
+        return model.to(dev).eval(), dev
+
+    def config(self) -> Any:
+        """The run's :class:`~medseg.training.config.ExperimentConfig` (``None`` if absent)."""
+        from medseg.training.config import ExperimentConfig
+
+        p = self.path / CONFIG_NAME
+        return ExperimentConfig.load(p) if p.is_file() else None
+
+    def describe(self) -> str:
+        """A few lines for a person: task, network, data shape, classes, training summary."""
+        p = self.plan
+        lines = [f"model folder {self.path}",
+                 f"  task        {p.task}",
+                 f"  network     {p.model_name} {p.model_options or ''}".rstrip(),
+                 f"  input       {p.spatial_dims}D, {p.in_channels} channel(s)",
+                 f"  outputs     {p.num_classes}" + (f" ({', '.join(p.class_names)})"
+                                                     if p.class_names else ""),
+                 f"  cases       {len(p.train_ids)} training / {len(p.val_ids)} validation"]
+        log = self.path / LOG_NAME
+        if log.is_file():
+            n = max(0, len(log.read_text().splitlines()) - 1)
+            lines.append(f"  trained     {n} epoch(s) (train_log.csv)")
+        return "\n".join(lines)
+
+
+def write_plan(plan: Plan, folder: str | Path) -> Path:
+    """Write ``plan.json`` atomically; returns its path."""
+    path = Path(folder) / PLAN_NAME
+    atomic_write_json(plan.to_dict(), path)
+    return path

@@ -1,0 +1,332 @@
+"""The task protocol: what a task tells the engine, and what the engine does for every task.
+
+A task (segmentation, instance segmentation, classification, restoration ...) is a small class
+registered by name (:func:`medseg.tasks.register_task`). The engine
+(:func:`medseg.training.engine.train`) owns everything that is the same for every task —
+resume, time budget, checkpoints, Ctrl-C, seeding, DDP, AMP, determinism, the non-finite guard,
+the progress line and ``train_log.csv`` — and asks the task only for what is specific to it:
+
+=====================  ========================================================================
+``check_config``        refuse a setting the task does not read (generic, from ``uses``)
+``prepare``             read, check, preprocess and split the data of a config
+``build_model``         the network for that data
+``trainer``             a :class:`TaskTrainer`: an epoch's batches, a batch's loss, validation
+``plan``                the :class:`~medseg.model_folder.Plan` of the model folder
+``check_plan``          the task's entries of a ``plan.json`` that is being loaded
+``predict``             a model folder onto inputs (files, folders, tables)
+``evaluate``            predictions against references -> ``metrics.json`` / ``metrics.csv``
+``recognises``          whether a prediction folder/file is this task's (evaluate dispatch)
+=====================  ========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError, InputError
+from medseg.losses import AdaptiveClassWeights, gradient_balance_weights
+from medseg.training.config import ExperimentConfig
+
+Log = Callable[[str], None]
+
+#: Settings the engine reads for every task (a task adds its own in ``Task.uses``).
+ENGINE_SETTINGS = frozenset({
+    "task", "output_dir", "data.dataset", "model", "optim",
+    "train.epochs", "train.steps_per_epoch", "train.batch_size", "train.val_every",
+    "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
+    "train.deterministic", "train.max_bad_steps",
+})
+
+
+@dataclass
+class PredictRequest:
+    """What ``medseg predict`` asks of a task (each task reads the fields it needs).
+
+    Attributes:
+        input: Image file, folder, DICOM series folder, label table or ``.npz``.
+        output: Folder for the predictions.
+        checkpoint: ``"best"`` or ``"last"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        format: Output format of image predictions (``auto`` = the input's).
+        tta: Flip test-time augmentation (``None`` = the model's setting).
+        overlap: Sliding-window overlap (``None`` = the model's setting).
+        save_probabilities: Also write class probabilities (segmentation).
+        split: Only this split of a label table (classification).
+    """
+
+    input: Path
+    output: Path
+    checkpoint: str = "best"
+    device: str = "auto"
+    format: str = "auto"
+    tta: bool | None = None
+    overlap: float | None = None
+    save_probabilities: bool = False
+    split: str | None = None
+
+
+@dataclass
+class EvaluateRequest:
+    """What ``medseg evaluate`` asks of a task (each task reads the fields it needs).
+
+    Attributes:
+        pred: Predictions (folder or file).
+        ref: References (folder, file, dataset or label table).
+        output: Folder for ``metrics.json`` / ``metrics.csv`` (and figures, report).
+        labels: Segmentation: foreground labels to score.
+        ignore_label: Segmentation: reference value marking unlabelled voxels.
+        dataset_json: Segmentation: ``dataset.json`` with names and the ignore label.
+        ref_suffix: Suffix of reference names.
+        images: Segmentation: input images, for overlays and a report.
+        split: Classification: only this split of the label table.
+        bootstrap: Classification: bootstrap resamples for the 95% intervals.
+        mask_threshold: Instances: binarisation of soft DSB2018 masks.
+    """
+
+    pred: Path
+    ref: Path
+    output: Path
+    labels: list[int] | None = None
+    ignore_label: int | None = None
+    dataset_json: Path | None = None
+    ref_suffix: str = ""
+    images: Path | None = None
+    split: str | None = None
+    bootstrap: int = 1000
+    mask_threshold: float | None = None
+
+
+class TaskTrainer:
+    """One training run of a task: the engine calls these, in this order, every epoch.
+
+    ``batches`` -> per step ``loss`` (under autocast) -> ``after_step`` -> at the epoch's end
+    ``end_epoch`` and, on rank 0 only, ``validate``. ``state_dict`` / ``load_state_dict`` carry
+    whatever the task keeps across epochs (e.g. adaptive class weights) through checkpoints, so
+    a resumed run replays exactly.
+    """
+
+    #: Number of validation items (0 = the run has no validation split).
+    n_val: int = 0
+
+    def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> Iterator[Any]:
+        """The epoch's batches; every random stream seeded from ``seed`` (= the epoch seed)."""
+        raise NotImplementedError
+
+    def loss(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """``(scalar fp32 loss, network output)`` of one batch; ``net`` may be DDP-wrapped."""
+        raise NotImplementedError
+
+    def after_step(self, batch: Any, output: Any) -> None:
+        """After a successful optimiser step (e.g. update adaptive weights)."""
+
+    def end_epoch(self) -> dict[str, float]:
+        """Extra ``train_log.csv`` columns of the epoch (e.g. the class weights in use)."""
+        return {}
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Validation metrics (the task's ``key_metric`` among them)."""
+        return {}
+
+    def describe(self, val: dict[str, float]) -> str:
+        """Validation metrics -> text for the progress line."""
+        return "".join(f"  {k} {v:.4f}" for k, v in val.items())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state carried in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class Task(ABC):
+    """A task the engine trains, predicts and evaluates; subclass, register, done.
+
+    Class attributes:
+        name: Registered name (``--task NAME``, ``task:`` in the config and the plan).
+        description: One line for ``--help``.
+        key_metric: The validation metric that selects ``checkpoint_best.pt``.
+        metric_label: How the key metric is named to a person.
+        higher_is_better: Direction of ``key_metric``.
+        default_model: The network ``model.name: auto`` means.
+        uses: Settings the task reads besides :data:`ENGINE_SETTINGS` (``"section"`` or
+            ``"section.key"``); any other setting changed from its default is refused.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    key_metric: ClassVar[str]
+    metric_label: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    default_model: ClassVar[str] = "unet"
+    uses: ClassVar[frozenset[str]] = frozenset()
+
+    # ------------------------------------------------------------------ configuration
+    def check_config(self, cfg: ExperimentConfig) -> None:
+        """Refuse settings this task would silently ignore.
+
+        Raises:
+            ConfigError: naming the first such setting and its value.
+        """
+        allowed = ENGINE_SETTINGS | self.uses
+        default = _flatten(ExperimentConfig(task=cfg.task).to_dict())
+        for key, value in _flatten(cfg.to_dict()).items():
+            if value == default.get(key, _MISSING):
+                continue
+            parts = key.split(".")
+            if any(".".join(parts[:i]) in allowed for i in range(1, len(parts) + 1)):
+                continue
+            raise ConfigError(
+                f"the {self.name} task does not use the setting {key} (set to {value!r})",
+                hint=f"remove it, or train another task (it has no effect on {self.name})")
+
+    def model_name(self, cfg: ExperimentConfig) -> str:
+        """``model.name`` with ``auto`` resolved to this task's default network."""
+        return self.default_model if cfg.model.name == "auto" else cfg.model.name
+
+    def build_network(self, cfg: ExperimentConfig, spatial_dims: int, in_channels: int,
+                      num_classes: int) -> torch.nn.Module:
+        """Create the configured network.
+
+        Raises:
+            ConfigError: unknown model name, unknown option or an invalid option value (the
+                model's own message, with where to fix it).
+        """
+        from medseg.networks import create_model
+
+        name = self.model_name(cfg)
+        try:
+            return create_model(name, spatial_dims=spatial_dims, in_channels=in_channels,
+                                num_classes=num_classes, **dict(cfg.model.options))
+        except (KeyError, TypeError, ValueError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise ConfigError(f"model {name!r}: {msg}",
+                              hint="fix model.name / model.options in the config") from None
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def prepare(self, cfg: ExperimentConfig, log: Log) -> Any:
+        """Read, check (every case, before training), preprocess and split the data.
+
+        Raises:
+            InputError: the first bad file, named, with what to do about it.
+        """
+
+    @abstractmethod
+    def build_model(self, cfg: ExperimentConfig, data: Any) -> torch.nn.Module:
+        """The network for ``data`` (on CPU; the engine moves it)."""
+
+    @abstractmethod
+    def trainer(self, cfg: ExperimentConfig, data: Any, model: torch.nn.Module,
+                device: torch.device, log: Log) -> TaskTrainer:
+        """A :class:`TaskTrainer` for one run."""
+
+    @abstractmethod
+    def plan(self, cfg: ExperimentConfig, data: Any) -> Any:
+        """The model folder's :class:`~medseg.model_folder.Plan` (after ``trainer``)."""
+
+    @abstractmethod
+    def check_plan(self, plan: Any, source: Path) -> None:
+        """Check the task's entries of a plan being loaded.
+
+        Raises:
+            InputError: a missing or ill-typed entry, naming ``source``.
+        """
+
+    # ------------------------------------------------------------------ use
+    @abstractmethod
+    def predict(self, folder: Any, request: PredictRequest, log: Log) -> list[Path]:
+        """Predict every input of ``request`` with the model folder; returns written files."""
+
+    @abstractmethod
+    def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
+        """Score predictions against references; returns ``{"files": [...], ...}``."""
+
+    @abstractmethod
+    def recognises(self, pred: Path) -> bool:
+        """Whether ``pred`` (a prediction folder or file) holds this task's predictions."""
+
+
+# ---------------------------------------------------------------------- shared helpers
+_MISSING = object()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not key.endswith("options"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def plan_entry(plan: Any, key: str, kind: type | tuple[type, ...], source: Path) -> Any:
+    """A task entry of a plan, type-checked.
+
+    Raises:
+        InputError: missing or of another type, naming ``source``.
+    """
+    if key not in plan.entries:
+        raise InputError(f"plan.json of a {plan.task} model has no {key!r} entry", source,
+                         "give the plan.json that medseg train wrote")
+    v = plan.entries[key]
+    if not isinstance(v, kind) or isinstance(v, bool) and kind in (int, float):
+        raise InputError(f"plan.json entry {key!r} has the wrong type ({type(v).__name__})",
+                         source, "give the plan.json that medseg train wrote")
+    return v
+
+
+def index_batches(n: int, batch_size: int, steps: int, rng: np.random.Generator
+                  ) -> list[np.ndarray]:
+    """An epoch's index batches: sorted slices of repeated permutations of ``range(n)``.
+
+    Every item is drawn once before any is drawn twice; the permutations are drawn up front
+    from ``rng`` so that what the steps then draw from ``rng`` follows in a fixed order.
+    """
+    order = np.concatenate([rng.permutation(n) for _ in range(
+        math.ceil(steps * batch_size / max(n, 1)) + 1)])
+    return [np.sort(order[s * batch_size:(s + 1) * batch_size]) for s in range(steps)]
+
+
+def class_weighting(cfg: ExperimentConfig, alpha: torch.Tensor
+                    ) -> tuple[AdaptiveClassWeights | None, torch.Tensor | None]:
+    """CE class weights for imbalance (L4) as configured by ``loss.class_weighting``.
+
+    Args:
+        cfg: The configuration (``loss.class_weighting``, ``balance_p_*``, ``weight_*``).
+        alpha: ``(C,)`` class fractions over observed voxels / images of the training set.
+
+    Returns:
+        ``(adaptive state or None, fixed (C,) weights or None)``.
+    """
+    mode = cfg.loss.class_weighting
+    if mode == "none":
+        return None, None
+    alpha = alpha.double() / alpha.double().sum().clamp_min(1e-12)
+    c = int(alpha.numel())
+    if mode == "fixed":
+        w = gradient_balance_weights(alpha, [cfg.loss.balance_p_own] * c,
+                                     [cfg.loss.balance_p_rest] * c, w_min=cfg.loss.weight_min,
+                                     w_max=cfg.loss.weight_max)
+        return None, w.float()
+    return AdaptiveClassWeights(c, momentum=cfg.loss.adaptive_momentum,
+                                w_min=cfg.loss.weight_min, w_max=cfg.loss.weight_max,
+                                class_fractions=alpha), None
+
+
+def output_label(path: Path) -> str:
+    """A prediction file's case name (extension removed)."""
+    from medseg.io.files import file_suffix
+
+    suf = file_suffix(path)
+    return path.name[: -len(suf)] if suf and path.name.lower().endswith(suf) else path.stem

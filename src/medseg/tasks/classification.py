@@ -1,0 +1,458 @@
+"""Image-level classification (T1 single-label, T2 multi-label): the task module.
+
+Data: a CSV label table (``image,label`` or one 0/1/-1 column per label; -1 = missing, T5) with
+images or NIfTI volumes, or a MedMNIST ``.npz`` (its own train/val splits). Images are resized
+(``data.image_size``) and z-scored per image. Losses: single-label -> cross-entropy on logits (L1,
+optionally class-weighted by ``loss.class_weighting``, L4); multi-label -> BCE on logits (L2)
+where a missing label is unobserved: it contributes neither to the loss nor to the metrics.
+
+``medseg predict`` writes ``predictions.csv`` (``id, p_<class>..., prediction``);
+``medseg evaluate`` joins it with a label table by id and writes ``metrics.json``,
+``metrics.csv``, ``roc.png``, ``reliability.png`` and ``report.html`` (accuracy, balanced
+accuracy, AUROC, sensitivity, specificity, F1, confusion matrix, ECE, bootstrap 95% intervals).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.data.classification import ClsDataset, load_images, open_classification
+from medseg.data.splits import split_cases
+from medseg.errors import ConfigError, InputError
+from medseg.io import list_image_files, read_image
+from medseg.io.atomic import atomic_write_text
+from medseg.losses import masked_bce_with_logits, masked_cross_entropy
+from medseg.metrics.classification import (
+    classification_case_rows,
+    evaluate_classification,
+    roc_curve,
+    write_classification_metrics,
+)
+from medseg.model_folder import ModelFolder, Plan
+from medseg.reports import save_reliability_diagram, save_roc_curve, write_report
+from medseg.tasks import register_task
+from medseg.tasks.base import (
+    EvaluateRequest,
+    Log,
+    PredictRequest,
+    Task,
+    TaskTrainer,
+    class_weighting,
+    index_batches,
+    plan_entry,
+)
+from medseg.tasks.outputs import ClassProbs, MultiLabel
+from medseg.training.config import ExperimentConfig
+from medseg.transforms.augment import Augmenter
+
+
+@dataclass
+class ClsArrays:
+    """Classification data on the network's grid.
+
+    Attributes:
+        train_x: ``(N, C, *spatial)`` float32, normalised.
+        train_y: ``(N,)`` int64 class indices (single) or ``(N, K)`` float in {0, 1, -1}
+            (multi; -1 = missing).
+        val_x: Validation images (same layout).
+        val_y: Validation labels.
+        task: ``"single"`` or ``"multi"``.
+        class_names: One name per class / label.
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    task: str
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.task not in ("single", "multi"):
+            raise ValueError(f"task must be 'single' or 'multi', got {self.task!r}")
+        if len(self.train_x) != len(self.train_y) or len(self.val_x) != len(self.val_y):
+            raise ValueError("images and labels differ in number")
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.train_x.ndim - 2
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, task: str,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """CE (single-label, ``target`` ``(B,)``) or masked BCE (multi-label, ``(B, K)`` with -1
+    = missing) on logits ``(B, K)``; mean over observed terms."""
+    if task == "single":
+        # one "pixel" per image: (B, K, 1) logits, (B, 1) targets
+        return masked_cross_entropy(logits[..., None], target.long()[..., None],
+                                    class_weights=class_weights)
+    return masked_bce_with_logits(logits, target.float())
+
+
+@torch.inference_mode()
+def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
+                       batch_size: int = 64) -> ClassProbs | MultiLabel:
+    """Probabilities of ``x`` ``(N, C, *spatial)``: :class:`ClassProbs` (softmax, single-label)
+    or :class:`MultiLabel` (a sigmoid per label), ``(N, K)`` on CPU."""
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for i in range(0, len(x), batch_size):
+            logits = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device))
+            out.append(logits.float().cpu())
+    finally:
+        model.train(was)
+    logits = torch.cat(out) if out else torch.zeros((0, 0))
+    return ClassProbs.from_logits(logits) if task == "single" else MultiLabel.from_logits(logits)
+
+
+def probabilities(p: ClassProbs | MultiLabel) -> np.ndarray:
+    """``(N, K)`` float numpy probabilities of either output type."""
+    return (p.probs if isinstance(p, ClassProbs) else p.scores).numpy()
+
+
+class ClassificationTrainer(TaskTrainer):
+    """Whole images by index, augmented per batch; CE or masked BCE."""
+
+    def __init__(self, cfg: ExperimentConfig, data: ClsArrays, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.n_val = len(data.val_x)
+        self.acw, self.weights = None, None
+        if data.task == "single":
+            alpha = torch.bincount(torch.from_numpy(data.train_y).long(),
+                                   minlength=data.num_classes).double()
+            self.acw, self.weights = class_weighting(cfg, alpha)
+            if self.weights is not None:
+                self.weights = self.weights.to(device)
+
+    def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> Iterator[Any]:
+        cfg, data = self.cfg, self.data
+        rng = np.random.default_rng(seed)
+        aug = Augmenter(cfg.augment, data.spatial_dims, seed=seed) if cfg.augment.enabled \
+            else None
+        for idx in index_batches(len(data.train_x), cfg.train.batch_size,
+                                 cfg.train.steps_per_epoch, rng):
+            x = torch.from_numpy(data.train_x[idx])
+            if aug is not None:
+                x, _ = aug(x)
+            yield x, torch.from_numpy(data.train_y[idx])
+
+    def loss(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        x, y = batch
+        y = y.to(self.device)
+        weights = self.acw.weights.to(self.device) if self.acw is not None else self.weights
+        logits = net(x.to(self.device)).float()
+        return classification_loss(logits, y, self.data.task, weights), (logits, y)
+
+    def after_step(self, batch: Any, output: Any) -> None:
+        if self.acw is not None:
+            logits, y = output
+            self.acw.update(torch.softmax(logits.detach(), 1)[..., None], y.long()[..., None])
+
+    def end_epoch(self) -> dict[str, float]:
+        if self.acw is None:
+            return {}
+        self.acw.end_epoch()
+        return {f"weight_{n}": float(w) for n, w in zip(self.data.class_names, self.acw.weights,
+                                                        strict=True)}
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        probs = probabilities(predict_classifier(model, self.data.val_x, self.data.task,
+                                                 self.device))
+        res = evaluate_classification(probs, self.data.val_y, self.data.task,
+                                      self.data.class_names, n_boot=0)
+        return {"val_auroc": float(res["macro"]["auroc"]),
+                "val_accuracy": float(res["macro"].get("accuracy", float("nan")))}
+
+    def describe(self, val: dict[str, float]) -> str:
+        return "".join(f"  {k[4:]} {v:.3f}" for k, v in val.items())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.acw is None else {"class_weights_state": self.acw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.acw is not None and state.get("class_weights_state") is not None:
+            self.acw.load_state_dict(state["class_weights_state"])
+
+
+def preprocess_cls_images(images: np.ndarray | list[np.ndarray], image_size: list[int] | None,
+                          sources: list[str]) -> np.ndarray:
+    """Stack images to ``(N, C, *image_size)`` float32, each resized (linear) and z-scored.
+
+    Per-image z-scoring makes intensities comparable across scanners and file types (after a
+    min-max scaling, as for US / XR / PNG images).
+
+    Raises:
+        InputError: sizes differ and no ``image_size`` is set (naming the first odd file).
+    """
+    from medseg.transforms.resample import resample_to_shape
+
+    arrs = list(images) if isinstance(images, list) else list(images)
+    if not arrs:
+        return np.zeros((0, 1, 1, 1), np.float32)
+    shape0 = tuple(arrs[0].shape[1:])
+    target = tuple(image_size) if image_size else shape0
+    out = np.empty((len(arrs), arrs[0].shape[0], *target), dtype=np.float32)
+    for i, a in enumerate(arrs):
+        if tuple(a.shape[1:]) != target:
+            if not image_size:
+                raise InputError(
+                    f"image size {tuple(a.shape[1:])} differs from the first image's {shape0}",
+                    sources[i] if i < len(sources) else None,
+                    "set data.image_size (e.g. --set data.image_size=[224,224]) to resize")
+            if len(target) != a.ndim - 1:
+                raise InputError(f"data.image_size {list(target)} does not match a "
+                                 f"{a.ndim - 1}D image", sources[i] if i < len(sources) else None)
+            a = resample_to_shape(a, target, order="linear")
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / max(hi - lo, 1e-8)
+        out[i] = (a - a.mean()) / max(float(a.std()), 1e-8)
+    return out
+
+
+def prepare_classification(cfg: ExperimentConfig, log: Log = print
+                           ) -> tuple[ClsArrays, dict]:
+    """Open a classification dataset (CSV + images, NIfTI + CSV, MedMNIST ``.npz``), check it,
+    preprocess and split it (the dataset's own train/val splits when it has them).
+
+    Returns:
+        The arrays and the ``plan.json`` entries prediction needs.
+    """
+    ds = open_classification(cfg.data.dataset, modality=cfg.data.modality or "other")
+    splits = ds.splits()
+    if "train" in splits and "val" in splits:
+        tr, va = ds.subset(split="train"), ds.subset(split="val")
+    else:
+        ids = ds.ids
+        tr_ids, va_ids = split_cases(ids, cfg.data.val_fraction, cfg.data.split_seed,
+                                     cfg.data.group_regex)
+        pos = {i: k for k, i in enumerate(ids)}
+        tr = ds.subset(indices=[pos[i] for i in tr_ids])
+        va = ds.subset(indices=[pos[i] for i in va_ids])
+    srcs = [str(it.images[0]) if it.images else it.item_id for it in tr.items + va.items]
+    x = preprocess_cls_images(list(load_images(tr)) + list(load_images(va)),
+                              cfg.data.image_size, srcs)
+    arrays = ClsArrays(x[: len(tr.items)], tr.labels(), x[len(tr.items):], va.labels(),
+                       ds.task, list(ds.class_names))
+    log(f"  {len(tr.items)} training / {len(va.items)} validation images "
+        f"{list(x.shape[1:])}, {ds.task}-label, classes {ds.class_names}")
+    plan = {"image_size": list(x.shape[2:]), "val_ids": va.ids, "train_ids": tr.ids}
+    return arrays, plan
+
+
+def _inputs(path: Path, split: str | None) -> tuple[list[str], list[np.ndarray] | np.ndarray,
+                                                    ClsDataset | None]:
+    """Ids and images from a dataset (CSV / npz / folder with a CSV) or a folder of images."""
+    if path.is_dir() and not list(path.glob("*.csv")):
+        entries = list_image_files(path)
+        if not entries:
+            raise InputError("no images in the folder", path, "give images or a label table")
+        imgs, ids = [], []
+        for e in entries:
+            arr, meta = read_image(e)
+            imgs.append(arr)
+            ids.append(meta.name)
+        return ids, imgs, None
+    ds = open_classification(path)
+    if split:
+        ds = ds.subset(split=split)
+        if not ds.items:
+            raise InputError(f"no cases in split {split!r}", path,
+                             f"choose one of {open_classification(path).splits()}")
+    return ds.ids, load_images(ds), ds
+
+
+def predict_classification(folder: ModelFolder, input_path: str | Path,
+                           output_dir: str | Path, split: str | None = None,
+                           checkpoint: str = "best", device: str = "auto",
+                           log: Log = print) -> Path:
+    """Write ``predictions.csv`` for every case of ``input_path``; returns its path."""
+    plan = folder.plan
+    model, dev = folder.load_network(checkpoint, device)
+    ids, imgs, _ = _inputs(Path(input_path), split)
+    x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
+    if x.shape[1] != plan.in_channels:
+        raise InputError(f"images have {x.shape[1]} channel(s), the model expects "
+                         f"{plan.in_channels}", input_path)
+    out_probs = predict_classifier(model, x, plan["label_task"], dev)
+    probs = probabilities(out_probs)
+    names = plan.class_names
+    hard = out_probs.hard().numpy()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", *[f"p_{n}" for n in names], "prediction"])
+    for i, cid in enumerate(ids):
+        if plan["label_task"] == "single":
+            pred = names[int(hard[i])]
+        else:
+            pred = ";".join(n for n, h in zip(names, hard[i], strict=True) if h)
+        w.writerow([cid, *[f"{p:.6f}" for p in probs[i]], pred])
+    out = Path(output_dir) / "predictions.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, buf.getvalue())
+    log(f"{len(ids)} prediction(s) written to {out}")
+    return out
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """``(ids, class names, (N, K) probabilities)`` from a ``predictions.csv``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "predictions.csv"
+    if not p.is_file():
+        raise InputError("predictions.csv not found", p, "run medseg predict first")
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise InputError("no predictions in the file", p)
+    names = [k[2:] for k in rows[0] if k.startswith("p_")]
+    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=np.float64)
+    return [r["id"] for r in rows], names, probs
+
+
+def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str | Path,
+                                  split: str | None = None, n_boot: int = 1000, seed: int = 0,
+                                  log: Log = print) -> dict:
+    """Score ``predictions.csv`` against a label table (CSV / npz), by id."""
+    ids, names, probs = read_predictions(pred)
+    ds = open_classification(ref)
+    if split:
+        ds = ds.subset(split=split)
+    if list(ds.class_names) != names:
+        raise InputError(f"prediction classes {names} differ from the label table's "
+                         f"{list(ds.class_names)}", ref)
+    pos = {cid: k for k, cid in enumerate(ds.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise InputError(f"{len(missing)} predicted id(s) are not in the label table "
+                         f"(e.g. {missing[0]})", ref, "evaluate against the same cases")
+    labels = ds.labels()[[pos[i] for i in ids]]
+    res = evaluate_classification(probs, labels, ds.task, names, n_boot=n_boot, seed=seed)
+    rows = classification_case_rows(ids, probs, labels, ds.task, names)
+    out = Path(output)
+    json_path, csv_path = write_classification_metrics(out, res, rows)
+    curves = {}
+    for c, n in enumerate(names):
+        if ds.task == "single" and len(names) == 2 and c == 0:
+            continue
+        y = (labels == c).astype(int) if ds.task == "single" else labels[:, c]
+        keep = y >= 0
+        if keep.any() and 0 < y[keep].sum() < keep.sum():
+            fpr, tpr, _ = roc_curve(probs[keep, c], y[keep])
+            curves[n] = (fpr, tpr, res["per_class"][n]["auroc"])
+    files = [json_path, csv_path]
+    if curves:
+        files.append(save_roc_curve(out / "roc.png", curves))
+    cal = res["calibration"]
+    if cal["ece"] is not None:
+        files.append(save_reliability_diagram(
+            out / "reliability.png", cal["reliability"], cal["ece"],
+            title="top-label reliability" if ds.task == "single" else
+            "reliability (every observed label)"))
+    summary = {"all": {k: {"mean": v, "n": res["n_cases"]} for k, v in res["macro"].items()
+                       if v is not None}}
+    for k in ("ece", "brier"):
+        if cal[k] is not None:
+            summary["all"][k] = {"mean": cal[k], "n": res["n_cases"]}
+    files.append(write_report(out, "medseg classification evaluation", summary,
+                              [f for f in files if str(f).endswith(".png")],
+                              notes=[f"predictions: {pred}", f"labels: {ref}",
+                                     "95% bootstrap intervals in metrics.json"]))
+    m = res["macro"]
+    ci = res.get("ci", {}).get("macro", {})
+    parts = []
+    for k in ("accuracy", "balanced_accuracy", "auroc", "f1"):
+        if m.get(k) is None:
+            continue
+        iv = ci.get(k)
+        parts.append(f"{k}={m[k]:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+                                          if iv and None not in iv else ""))
+    if cal["ece"] is not None:
+        parts.append(f"ECE={cal['ece']:.4f} Brier={cal['brier']:.4f}")
+    log("  ".join(parts))
+    return {"result": res, "files": files}
+
+
+@register_task
+class ClassificationTask(Task):
+    """Image-level classification (T1 / T2), single- or multi-label by the label table."""
+
+    name = "classification"
+    description = "single- or multi-label image classification (CSV / NIfTI + CSV / .npz)"
+    key_metric = "val_auroc"
+    metric_label = "AUROC"
+    higher_is_better = True
+    default_model = "resnet_classifier"
+    uses = frozenset({
+        "data.modality", "data.val_fraction", "data.group_regex", "data.split_seed",
+        "data.image_size", "augment", "loss.class_weighting", "loss.balance_p_own",
+        "loss.balance_p_rest", "loss.adaptive_momentum", "loss.weight_min", "loss.weight_max",
+    })
+
+    def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:
+        if not cfg.data.dataset:
+            raise ConfigError("no dataset given", hint="pass --dataset TABLE or set data.dataset")
+        return prepare_classification(cfg, log)
+
+    def build_model(self, cfg: ExperimentConfig, data: Any) -> torch.nn.Module:
+        arrays, _ = data
+        if arrays.task == "multi" and cfg.loss.class_weighting != "none":
+            raise ConfigError("loss.class_weighting applies to single-label classification",
+                              hint="remove it for a multi-label table")
+        return self.build_network(cfg, arrays.spatial_dims, arrays.in_channels,
+                                  arrays.num_classes)
+
+    def trainer(self, cfg: ExperimentConfig, data: Any, model: torch.nn.Module,
+                device: torch.device, log: Log) -> ClassificationTrainer:
+        return ClassificationTrainer(cfg, data[0], device)
+
+    def plan(self, cfg: ExperimentConfig, data: Any) -> Plan:
+        arrays, extra = data
+        return Plan(self.name, arrays.spatial_dims, arrays.in_channels, arrays.num_classes,
+                    self.model_name(cfg), dict(cfg.model.options), list(arrays.class_names),
+                    list(extra["train_ids"]), list(extra["val_ids"]),
+                    {"label_task": arrays.task, "image_shape": list(arrays.train_x.shape[2:]),
+                     "image_size": list(extra["image_size"])})
+
+    def check_plan(self, plan: Plan, source: Path) -> None:
+        if plan_entry(plan, "label_task", str, source) not in ("single", "multi"):
+            raise InputError("plan.json entry 'label_task' must be single or multi", source,
+                             "give the plan.json that medseg train wrote")
+        size = plan_entry(plan, "image_size", list, source)
+        if len(size) != plan.spatial_dims or not all(
+                isinstance(s, int) and 1 <= s <= 65536 for s in size):
+            raise InputError(f"plan.json entry 'image_size' must be {plan.spatial_dims} sizes",
+                             source, "give the plan.json that medseg train wrote")
+        if len(plan.class_names) != plan.num_classes:
+            raise InputError("plan.json class_names do not match num_classes", source,
+                             "give the plan.json that medseg train wrote")
+
+    def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
+        return [predict_classification(folder, request.input, request.output,
+                                       split=request.split, checkpoint=request.checkpoint,
+                                       device=request.device, log=log)]
+
+    def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
+        return evaluate_classification_files(request.pred, request.ref, request.output,
+                                             split=request.split, n_boot=request.bootstrap,
+                                             log=log)
+
+    def recognises(self, pred: Path) -> bool:
+        return pred.suffix.lower() == ".csv" or (pred / "predictions.csv").is_file()

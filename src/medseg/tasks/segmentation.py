@@ -1,0 +1,799 @@
+"""Semantic segmentation (T3, 2D and 3D): the task module the engine drives.
+
+Training data: an MSD / nnU-Net folder (``dataset.json``, ``imagesTr``, ``labelsTr``) or a
+folder of images plus ``--masks``. :meth:`SegmentationTask.prepare` opens the dataset, validates
+every case before any training starts (a bad file is reported at once, naming it), plans and
+applies the preprocessing and splits the cases by subject. An epoch's batches are patches with
+foreground oversampling (T6) augmented in a prefetch thread, seeded per epoch; the loss is
+Dice + CE (L6) with the observation mask from the ignore label (T5), optionally CE class
+weighting (L4, fixed or adaptive) and deep supervision; validation is the hard Dice per class
+with sliding windows on the network's grid.
+
+Prediction (:class:`SegmentationModel`): each input is read with its geometry, preprocessed
+exactly as in training, predicted with Gaussian-weighted sliding windows (optionally flip TTA),
+mapped back to the input grid (:class:`~medseg.tasks.outputs.SegProbs`) and written as a label
+map with the input's affine. Evaluation: per case and class Dice, IoU, HD95 and ASSD in mm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.data import (
+    PreprocessPlan,
+    SegDataset,
+    channel_affine,
+    make_plan,
+    open_dataset,
+    preprocess_image,
+    preprocess_label,
+    restore_probabilities,
+    validate_dataset,
+)
+from medseg.data.layouts import load_image_mask_folders, modality_of_channel
+from medseg.data.sampler import PatchBatchLoader, PatchSampler
+from medseg.data.splits import auto_patch_size, split_cases
+from medseg.data.validate import effective_spatial_dims
+from medseg.errors import ConfigError, InputError
+from medseg.inference import predict_probs
+from medseg.io import (
+    is_dicom_folder,
+    list_image_files,
+    read_image,
+    read_label,
+    write_image,
+    write_label,
+)
+from medseg.io.files import file_suffix
+from medseg.io.meta import ImageMeta
+from medseg.losses import DeepSupervisionLoss, DiceCELoss
+from medseg.metrics import dice, evaluate_case, format_summary_table, summarize, write_metrics
+from medseg.model_folder import ModelFolder, Plan
+from medseg.reports import save_overlay, write_report
+from medseg.tasks import register_task
+from medseg.tasks.base import (
+    EvaluateRequest,
+    Log,
+    PredictRequest,
+    Task,
+    TaskTrainer,
+    class_weighting,
+    output_label,
+    plan_entry,
+)
+from medseg.tasks.outputs import ObservationMask, SegProbs
+from medseg.training.augmentation import make_augmenter
+from medseg.training.config import ExperimentConfig
+
+ImageSource = Path | tuple[Path, ...]
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+# ====================================================================== data
+@dataclass
+class PreparedData:
+    """Preprocessed training and validation arrays plus what prediction needs to repeat it.
+
+    Attributes:
+        train_images: ``(C, *spatial)`` float32 per training case.
+        train_labels: ``(*spatial)`` int64 per training case.
+        val_images: Validation images (same layout).
+        val_labels: Validation labels.
+        train_ids: Case ids of the training split.
+        val_ids: Case ids of the validation split.
+        plan: The preprocessing plan.
+        dataset: The opened dataset.
+        spatial_dims: 2 or 3.
+        patch_size: Training patch / inference window size (the preprocessed median image shape
+            until the trainer chooses the patch).
+        class_names: Name per class index ``0 .. K-1``.
+        summary: The dataset summary (as a dict) from validation.
+        train_affines: Per training case, ``(C, 2)`` float64 ``(scale, offset)`` of each
+            channel's normalisation (:func:`medseg.data.preprocess.channel_affine`), for
+            augmentation in the raw domain.
+    """
+
+    train_images: list[np.ndarray]
+    train_labels: list[np.ndarray]
+    val_images: list[np.ndarray]
+    val_labels: list[np.ndarray]
+    train_ids: list[str]
+    val_ids: list[str]
+    plan: PreprocessPlan
+    dataset: SegDataset
+    spatial_dims: int
+    patch_size: tuple[int, ...]
+    class_names: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    sampler: PatchSampler | None = field(default=None, repr=False)
+    train_affines: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.plan.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def ignore_label(self) -> int | None:
+        return self.dataset.ignore_label
+
+
+def infer_spatial_dims(ds: SegDataset) -> int:
+    """2 or 3 from the first training image (a 3D grid with one singleton axis counts as 2D)."""
+    if ds.spatial_dims is not None:
+        return ds.spatial_dims
+    _, meta = read_image(ds.cases[0].images if len(ds.cases[0].images) > 1
+                         else ds.cases[0].images[0])
+    return effective_spatial_dims(meta.spatial_shape)
+
+
+def prepare_data(cfg: ExperimentConfig, log: Log = print,
+                 task: SegmentationTask | None = None) -> PreparedData:
+    """Open, validate (every case, before training), plan, preprocess and split.
+
+    Raises:
+        InputError: the first bad file, named, with what to do about it.
+    """
+    task = task or SegmentationTask()
+    ds = task.open_dataset(cfg)
+    dims = cfg.data.spatial_dims or infer_spatial_dims(ds)
+    # a bad model option is reported now, not after minutes of reading data
+    task.build_network(cfg, dims, len(ds.channel_names), ds.num_classes)
+    summary = validate_dataset(ds, dims, keep_arrays=True, seed=cfg.data.split_seed)
+    plan = make_plan(summary, ds, target_spacing=cfg.preprocess.target_spacing,
+                     normalization=cfg.preprocess.normalization,
+                     physics=cfg.preprocess.physics)
+    if plan.target_spacing is not None:
+        log(f"  resampling to spacing {plan.target_spacing} (median spacing "
+            f"{[round(s, 3) for s in summary.median_spacing]})")
+    train_ids, val_ids = split_cases(summary.case_ids, cfg.data.val_fraction,
+                                     cfg.data.split_seed, cfg.data.group_regex)
+    tr_x, tr_y, va_x, va_y, tr_aff = [], [], [], [], []
+    for cid in summary.case_ids:
+        lc = summary.loaded.pop(cid)
+        x, _ = preprocess_image(lc.image, lc.image_meta, plan)
+        y, _ = preprocess_label(lc.label, lc.image_meta, plan)
+        if cid in val_ids:
+            va_x.append(x)
+            va_y.append(y)
+        elif cid in train_ids:
+            tr_x.append(x)
+            tr_y.append(y)
+            tr_aff.append(np.array([channel_affine(lc.image[c], n)
+                                    for c, n in enumerate(plan.normalization)]))
+    if not tr_x:
+        raise InputError("no training cases left after the validation split", ds.root,
+                         "lower data.val_fraction or add cases")
+    names = ds.label_names
+    class_names = [names.get(v, str(v)) for v in range(ds.num_classes)]
+    shapes = np.array([x.shape[1:] for x in tr_x])
+    median_shape = tuple(int(s) for s in np.median(shapes, axis=0))
+    summary_d = summary.to_dict()
+    summary_d["preprocessed_median_shape"] = list(median_shape)
+    return PreparedData(tr_x, tr_y, va_x, va_y, [i for i in summary.case_ids if i in train_ids],
+                        [i for i in summary.case_ids if i in val_ids], plan, ds, dims,
+                        median_shape, class_names, summary_d, train_affines=tr_aff)
+
+
+def make_epoch_loader(data: PreparedData, cfg: ExperimentConfig, epoch: int, seed: int,
+                      rank: int = 0, world_size: int = 1) -> PatchBatchLoader:
+    """One epoch's batches: patches (foreground-oversampled) then augmentation, prefetched.
+
+    The patch sampler (with its per-case foreground index tables) is built once and kept on
+    ``data``; each epoch re-seeds it and builds a fresh augmenter from ``(seed, epoch, rank)``,
+    which is what makes resume exact.
+    """
+    if data.sampler is None:
+        data.sampler = PatchSampler(
+            data.train_images, data.train_labels, data.patch_size, cfg.train.batch_size,
+            fg_oversample=cfg.train.fg_oversample, ignore_label=data.ignore_label,
+            seed=cfg.train.seed, rank=rank, world_size=world_size,
+        )
+    data.sampler.load_state_dict({
+        "rng": np.random.default_rng([cfg.train.seed, epoch, rank]).bit_generator.state,
+        "batches_drawn": 0,
+    })
+    sampler = data.sampler
+    aug = make_augmenter(cfg.augment, cfg.physics_noise, data.spatial_dims, seed,
+                         data.plan.normalization, data.train_affines,
+                         lambda: sampler.last_cases)
+    return PatchBatchLoader(sampler, aug, prefetch=2 if cfg.train.prefetch else 0)
+
+
+def choose_patch_size(cfg: ExperimentConfig, data: PreparedData, model: torch.nn.Module,
+                      device: torch.device) -> tuple[int, ...]:
+    """The configured patch size, or one derived from the preprocessed median image shape.
+
+    Auto patches are divisible by the network's total stride and capped at 256^2 (2D) or
+    64^3 on CPU / 128^3 on GPU (3D).
+    """
+    if cfg.train.patch_size:
+        p = tuple(int(v) for v in cfg.train.patch_size)
+        if len(p) != data.spatial_dims:
+            raise InputError(f"train.patch_size {list(p)} has {len(p)} entries but the data is "
+                             f"{data.spatial_dims}D", hint=f"give {data.spatial_dims} sizes")
+        return p
+    div = getattr(model, "size_divisor", 16)
+    if data.spatial_dims == 2:
+        cap = 256 * 256 if device.type == "cpu" else 512 * 512
+    else:
+        cap = 64**3 if device.type == "cpu" else 128**3
+    return auto_patch_size(data.patch_size, div, cap)
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
+             device: torch.device) -> dict[str, float]:
+    """Mean hard Dice per foreground class over the validation cases.
+
+    Runs on preprocessed arrays (the network's own grid) with sliding windows; the observation
+    mask (ignore label) excludes unlabelled voxels from both prediction and reference.
+    """
+    fg = list(range(1, data.num_classes))
+    per_case: dict[int, list[float]] = {c: [] for c in fg}
+    n = cfg.data.val_max_cases or len(data.val_images)
+    for img, lab in zip(data.val_images[:n], data.val_labels[:n], strict=True):
+        probs = predict_probs(
+            model, torch.from_numpy(img)[None], roi_size=data.patch_size,
+            overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
+            device=device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale,
+        )
+        pred = SegProbs(probs[0]).hard().labels.numpy()
+        observed = ObservationMask.from_labels(torch.from_numpy(lab), data.ignore_label)
+        for c in fg:
+            per_case[c].append(dice(pred == c, lab == c, mask=observed.observed.numpy()))
+    out = {f"dice_{data.class_names[c]}": float(np.mean(per_case[c])) if per_case[c] else
+           float("nan") for c in fg}
+    vals = [v for v in out.values() if not math.isnan(v)]
+    out["dice_mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+class SegmentationTrainer(TaskTrainer):
+    """Patches, Dice + CE with the observation mask, class weighting, deep supervision."""
+
+    def __init__(self, cfg: ExperimentConfig, data: PreparedData, model: torch.nn.Module,
+                 device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        data.patch_size = choose_patch_size(cfg, data, model, device)
+        self.n_val = len(data.val_images)
+        fr = data.summary.get("class_fractions", {})
+        alpha = torch.tensor([float(fr.get(c, fr.get(str(c), 0.0)))
+                              for c in range(data.num_classes)], dtype=torch.float64)
+        self.acw, weights = class_weighting(cfg, alpha)
+        lc = cfg.loss
+        self.loss_fn = DiceCELoss(w_dice=lc.dice_weight, w_ce=lc.ce_weight, eps=lc.eps,
+                                  batch_dice=lc.batch_dice,
+                                  include_background=lc.include_background,
+                                  class_weights=weights).to(device)
+        ds_weights = lc.deep_supervision_weights
+        if ds_weights is None:
+            ds_weights = getattr(model, "deep_supervision_weights", None)
+        self.ds_loss_fn = DeepSupervisionLoss(self.loss_fn, ds_weights)
+
+    def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> PatchBatchLoader:
+        return make_epoch_loader(self.data, self.cfg, epoch, seed=seed, rank=rank,
+                                 world_size=world_size)
+
+    def loss(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        img, lab = batch
+        img = img.to(self.device, non_blocking=True)
+        target = lab.to(self.device, non_blocking=True)[:, 0]
+        mask = ObservationMask.from_labels(target, self.data.ignore_label).observed \
+            if self.data.ignore_label is not None else None
+        if self.acw is not None:
+            self.loss_fn.class_weights = self.acw.weights.to(self.device)
+        logits = net(img)
+        if isinstance(logits, list | tuple):  # deep supervision (L6)
+            loss = self.ds_loss_fn([o.float() for o in logits], target, mask)
+        else:
+            loss = self.loss_fn(logits.float(), target, mask)
+        return loss, (logits, target, mask)
+
+    def after_step(self, batch: Any, output: Any) -> None:
+        if self.acw is not None:
+            logits, target, mask = output
+            full = logits[0] if isinstance(logits, list | tuple) else logits
+            self.acw.update(torch.softmax(full.detach().float(), 1), target, mask)
+
+    def end_epoch(self) -> dict[str, float]:
+        if self.acw is None:
+            return {}
+        self.acw.end_epoch()
+        return {f"weight_{self.data.class_names[c]}": float(w)
+                for c, w in enumerate(self.acw.weights)}
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        return validate(model, self.data, self.cfg, self.device)
+
+    def describe(self, val: dict[str, float]) -> str:
+        return "  val Dice " + " ".join(f"{k[5:]}={v:.3f}" for k, v in val.items())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.acw is None else {"class_weights_state": self.acw.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.acw is not None and state.get("class_weights_state") is not None:
+            self.acw.load_state_dict(state["class_weights_state"])
+
+
+# ====================================================================== prediction
+@dataclass
+class SegmentationModel:
+    """A segmentation model folder's network with its preprocessing plan, ready to predict.
+
+    Attributes:
+        folder: The model folder.
+        model: The network in eval mode.
+        plan: The preprocessing plan used in training.
+        info: The folder's :class:`~medseg.model_folder.Plan` (classes, patch size, inference
+            defaults...).
+        device: Where the network runs.
+    """
+
+    folder: Path
+    model: torch.nn.Module
+    plan: PreprocessPlan
+    info: Plan
+    device: torch.device
+
+    @classmethod
+    def load(cls, folder: str | Path | ModelFolder, checkpoint: str = "best",
+             device: str = "auto") -> SegmentationModel:
+        """Load a segmentation (or instance) model folder.
+
+        Raises:
+            InputError: not a model folder, a bad ``plan.json``, or a corrupt checkpoint.
+        """
+        mf = folder if isinstance(folder, ModelFolder) else ModelFolder.open(folder)
+        if mf.task not in ("segmentation", "instance"):
+            raise InputError(f"this is a {mf.task} model, not a segmentation model", mf.path,
+                             "give a model trained on label maps")
+        model, dev = mf.load_network(checkpoint, device)
+        return cls(mf.path, model, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
+                   dev)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.info.num_classes)
+
+    def check_modality(self, meta: ImageMeta) -> None:
+        """Refuse an input whose header names another modality than the model was trained on.
+
+        Only inputs that state their modality (DICOM ``Modality``) are checked; a model trained
+        before modalities were recorded accepts everything.
+
+        Raises:
+            InputError: e.g. an MR series given to a CT model.
+        """
+        trained = {n.modality for n in self.plan.normalization if n.modality}
+        got = (meta.modality or "").upper()
+        if not got or not trained or got in trained or got == "OT":
+            return
+        src = meta.source[0] if meta.source else None
+        raise InputError(
+            f"wrong modality: this model was trained on {'/'.join(sorted(trained))} images but "
+            f"the input is {got}", src,
+            f"predict {'/'.join(sorted(trained))} images with this model (its intensity "
+            "normalisation and learnt appearance are modality-specific)")
+
+    def predict(self, image: np.ndarray, meta: ImageMeta, tta: bool | None = None,
+                overlap: float | None = None) -> SegProbs:
+        """Class probabilities on the input's own grid.
+
+        Args:
+            image: ``(C, *spatial)`` as read by :func:`medseg.io.read_image`.
+            meta: Its geometry.
+            tta: Flip test-time augmentation (default: the model's setting).
+            overlap: Window overlap (default: the model's setting).
+
+        Returns:
+            :class:`SegProbs` with ``(num_classes, *spatial)`` float32 probabilities on CPU.
+        """
+        src = meta.source[0] if meta.source else None
+        if not np.isfinite(image).all():
+            raise InputError(f"{int((~np.isfinite(image)).sum())} NaN/inf voxel(s) in the image",
+                             src, "fix or mask the image before predicting")
+        dims = effective_spatial_dims(meta.spatial_shape)
+        if dims != self.plan.spatial_dims:
+            raise InputError(
+                f"this model segments {self.plan.spatial_dims}D images but the input is {dims}D "
+                f"(spatial shape {meta.spatial_shape})", src,
+                f"predict {self.plan.spatial_dims}D images with this model, or train one on "
+                f"{dims}D data")
+        self.check_modality(meta)
+        x, _ = preprocess_image(image, meta, self.plan)
+        inf = self.info["inference"]
+        probs = predict_probs(
+            self.model, torch.from_numpy(np.ascontiguousarray(x))[None],
+            roi_size=tuple(self.info["patch_size"]),
+            overlap=inf["overlap"] if overlap is None else overlap,
+            sw_batch_size=inf["sw_batch_size"], tta=inf["tta"] if tta is None else tta,
+            device=self.device, output_device="cpu",
+            sigma_scale=float(inf.get("sigma_scale", 0.125)),
+        )[0]
+        return SegProbs(restore_probabilities(probs, self.plan, meta))
+
+
+def _case_name(src: ImageSource) -> str:
+    first = src[0] if isinstance(src, tuple) else src
+    if first.is_dir():
+        return first.name
+    return output_label(first)
+
+
+def _strip_channel(name: str) -> str:
+    m = _CHANNEL_RE.match(name)
+    return m.group("case") if m else name
+
+
+def collect_inputs(path: str | Path, in_channels: int) -> list[tuple[str, ImageSource | list]]:
+    """Cases to predict from a file, a DICOM series folder, a folder of images or an MSD folder.
+
+    nnU-Net channel files (``case_0000.nii.gz``, ``case_0001.nii.gz``) are grouped per case when
+    the model has several input channels.
+
+    Returns:
+        ``(case_name, source)`` pairs; ``source`` is what :func:`read_image` takes.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError("input not found", p, "check the --input path")
+    if p.is_file():
+        return [(_strip_channel(_case_name(p)), p)]
+    if is_dicom_folder(p):
+        return [(p.name, p)]
+    if (p / "dataset.json").exists() and (p / "imagesTs").is_dir():
+        p = p / "imagesTs"
+    entries = list_image_files(p)
+    if not entries:
+        raise InputError("no images found in the folder", p,
+                         "give NIfTI/NRRD/PNG/TIFF files or DICOM series")
+    groups: dict[str, list[ImageSource]] = {}
+    for e in entries:
+        groups.setdefault(_strip_channel(_case_name(e)) if in_channels > 1 or
+                          _CHANNEL_RE.match(_case_name(e)) else _case_name(e), []).append(e)
+    out: list[tuple[str, ImageSource | list]] = []
+    for name, srcs in groups.items():
+        if len(srcs) == 1:
+            out.append((name, srcs[0]))
+        else:
+            out.append((name, sorted(srcs, key=lambda s: _case_name(s))))
+    return out
+
+
+def output_suffix(src: ImageSource | list, fmt: str) -> str:
+    """The prediction file's extension: ``fmt``, or the input's (NIfTI for DICOM / JPEG->PNG)."""
+    if fmt != "auto":
+        return "." + fmt
+    first = src[0] if isinstance(src, list | tuple) else src
+    if first.is_dir():
+        return ".nii.gz"
+    suf = file_suffix(first)
+    if suf in (".png", ".tif", ".tiff", ".nrrd", ".nii", ".nii.gz"):
+        return suf
+    if suf in (".jpg", ".jpeg"):
+        return ".png"
+    return ".nii.gz"
+
+
+def predict_inputs(
+    model: SegmentationModel,
+    input_path: str | Path,
+    output_dir: str | Path,
+    fmt: str = "auto",
+    tta: bool | None = None,
+    overlap: float | None = None,
+    save_probabilities: bool = False,
+    log: Log = print,
+) -> list[Path]:
+    """Predict every case under ``input_path`` and write label maps into ``output_dir``.
+
+    Returns:
+        The written label files, in case order.
+
+    Raises:
+        InputError: unreadable input, channel mismatch, NaN voxels, or an output path that is
+            one of the inputs.
+    """
+    out = Path(output_dir)
+    cases = collect_inputs(input_path, model.plan.in_channels)
+    written: list[Path] = []
+    for i, (name, src) in enumerate(cases):
+        image, meta = read_image(src if not isinstance(src, list) else list(src))
+        probs = model.predict(image, meta, tta=tta, overlap=overlap)
+        labels = probs.hard().labels.numpy().astype(
+            np.uint8 if model.num_classes < 256 else np.uint16)
+        dest = out / f"{name}{output_suffix(src, fmt)}"
+        if dest.suffix == ".png" and labels.ndim != 2:
+            dest = out / f"{name}.nii.gz"
+        write_label(dest, labels, meta)
+        if save_probabilities:
+            write_image(out / f"{name}_probabilities.nii.gz", probs.probs.numpy(), meta,
+                        dtype=np.float32)
+        written.append(dest)
+        log(f"  [{i + 1}/{len(cases)}] {name} -> {dest}")
+    return written
+
+
+# ====================================================================== evaluation
+def label_files(path: Path, what: str) -> list[Path]:
+    """Label maps in a folder (or the file itself), probability maps left out."""
+    if not path.exists():
+        raise InputError(f"{what} not found", path, "check the path")
+    if path.is_file():
+        return [path]
+    files = [e for e in list_image_files(path) if isinstance(e, Path) and e.is_file()]
+    files = [f for f in files if not output_label(f).endswith("_probabilities")]
+    if not files:
+        raise InputError(f"no label files in the {what} folder", path,
+                         "give NIfTI/NRRD/PNG/TIFF label maps")
+    return files
+
+
+def match_cases(pred: Path, ref: Path, ref_suffix: str = "") -> list[tuple[str, Path, Path]]:
+    """Pair prediction and reference files by case name.
+
+    Raises:
+        InputError: a prediction has no reference (named), or nothing matches.
+    """
+    preds = label_files(pred, "prediction")
+    refs = label_files(ref, "reference")
+    if pred.is_file() and ref.is_file():
+        return [(output_label(pred), pred, ref)]
+    by_name = {}
+    for r in refs:
+        n = output_label(r)
+        if ref_suffix and n.endswith(ref_suffix):
+            n = n[: -len(ref_suffix)]
+        by_name[n] = r
+    pairs, missing = [], []
+    for p in preds:
+        n = output_label(p)
+        if n in by_name:
+            pairs.append((n, p, by_name[n]))
+        else:
+            missing.append(p)
+    if missing:
+        raise InputError(
+            f"{len(missing)} prediction(s) have no reference (e.g. {missing[0].name})", missing[0],
+            "put the matching reference in --ref, or pass --ref-suffix if references are named "
+            "with a suffix")
+    return pairs
+
+
+def evaluate_folders(
+    pred: str | Path,
+    ref: str | Path,
+    output: str | Path,
+    labels: Sequence[int] | None = None,
+    ignore_label: int | None = None,
+    dataset_json: str | Path | None = None,
+    ref_suffix: str = "",
+    images: str | Path | None = None,
+    log: Log = print,
+    max_overlays: int = 6,
+) -> dict[str, Any]:
+    """Score every matched case and write ``metrics.json`` / ``metrics.csv`` (and a report).
+
+    Args:
+        pred: Folder (or file) of predicted label maps.
+        ref: Folder (or file) of reference label maps.
+        output: Folder for the metric files (and ``report.html`` when ``images`` is given).
+        labels: Foreground labels to score; default: from ``dataset_json``, else every non-zero
+            value found in the references.
+        ignore_label: Reference value marking unlabelled voxels (T5), excluded everywhere.
+        dataset_json: A ``dataset.json`` giving label names and the ignore label.
+        ref_suffix: Suffix of reference names (``case_Annotation.png`` -> ``case``).
+        images: Folder of input images; when given, overlays and a report are written.
+        log: Where the summary table goes.
+        max_overlays: Cases with an overlay figure in the report.
+
+    Returns:
+        ``{"cases": [...], "summary": {...}, "files": [json, csv(, report)]}``.
+    """
+    pred, ref, out = Path(pred), Path(ref), Path(output)
+    names: dict[int, str] = {}
+    if dataset_json is not None:
+        dj = Path(dataset_json)
+        try:
+            table = json.loads(dj.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"cannot read dataset.json ({e})", dj) from None
+        lab = table.get("labels", {})
+        if lab and all(isinstance(v, int) for v in lab.values()):
+            names = {int(v): k for k, v in lab.items()}
+        else:
+            names = {int(k): v for k, v in lab.items()}
+        if ignore_label is None:
+            ignore_label = table.get("ignore_label", names and next(
+                (v for v, k in names.items() if k == "ignore"), None))
+        if labels is None:
+            labels = sorted(v for v in names if v not in (0, ignore_label))
+    pairs = match_cases(pred, ref, ref_suffix)
+    refs = {}
+    if labels is None:
+        found: set[int] = set()
+        for name, _, r in pairs:
+            arr, meta = read_label(r)
+            refs[name] = (arr, meta)
+            found |= set(np.unique(arr).tolist())
+        labels = sorted(v for v in found if v not in (0, ignore_label))
+    results = []
+    overlays = []
+    for name, p, r in pairs:
+        ref_arr, ref_meta = refs.pop(name, None) or read_label(r)
+        pred_arr, pred_meta = read_label(p)
+        if pred_arr.shape != ref_arr.shape:
+            raise InputError(
+                f"prediction shape {pred_arr.shape} differs from reference {ref_arr.shape} "
+                f"({r})", p, "predict on the same images as the references")
+        if ref_meta.ndim == pred_meta.ndim and not np.allclose(
+                pred_meta.affine, ref_meta.affine, atol=1e-2):
+            raise InputError(f"prediction geometry (affine) differs from the reference {r}", p,
+                             "predictions must keep the input's geometry (medseg predict does)")
+        mask = None if ignore_label is None else ref_arr != ignore_label
+        res = evaluate_case(pred_arr, ref_arr, ref_meta.spacing, labels, mask=mask, case_id=name)
+        results.append(res)
+        if images is not None and len(overlays) < max_overlays:
+            srcs = [e for e in list_image_files(Path(images))
+                    if output_label(e if isinstance(e, Path) else e[0])
+                    in (name, f"{name}_0000")]
+            if srcs:
+                img, _ = read_image(srcs[0])
+                overlays.append(save_overlay(out / "overlays" / f"{name}.png", img[0], pred_arr,
+                                             ref_arr, title=name))
+    summary = summarize(results)
+    if names:
+        summary["class_names"] = {int(c): names.get(int(c), str(c)) for c in labels}
+    json_path, csv_path = write_metrics(out, results, summary)
+    log(format_summary_table(summary))
+    files = [json_path, csv_path]
+    if images is not None:
+        report = {names.get(int(cid), f"class {cid}"): stats
+                  for cid, stats in summary.get("classes", {}).items()}
+        report["all classes"] = summary.get("pooled", {})
+        files.append(write_report(out, "medseg evaluation", report, overlays,
+                                  notes=[f"predictions: {pred}", f"references: {ref}"]))
+    return {"cases": results, "summary": summary, "files": files}
+
+
+# ====================================================================== the task
+@register_task
+class SegmentationTask(Task):
+    """Semantic segmentation (T3): label maps in, label maps out, Dice + CE."""
+
+    name = "segmentation"
+    description = "semantic segmentation of 2D/3D images into label maps (Dice + CE)"
+    key_metric = "dice_mean"
+    metric_label = "Dice"
+    higher_is_better = True
+    default_model = "unet"
+    uses = frozenset({
+        "data.masks", "data.mask_suffix", "data.modality", "data.spatial_dims",
+        "data.val_fraction", "data.group_regex", "data.split_seed", "data.val_max_cases",
+        "preprocess", "augment", "physics_noise", "inference",
+        "loss.dice_weight", "loss.ce_weight", "loss.eps", "loss.batch_dice",
+        "loss.include_background", "loss.class_weighting", "loss.balance_p_own",
+        "loss.balance_p_rest", "loss.adaptive_momentum", "loss.weight_min", "loss.weight_max",
+        "loss.deep_supervision_weights",
+        "train.patch_size", "train.fg_oversample", "train.prefetch",
+    })
+
+    def open_dataset(self, cfg: ExperimentConfig) -> SegDataset:
+        """The dataset the config names (MSD folder, or images + masks folders)."""
+        if not cfg.data.dataset:
+            raise ConfigError("no dataset given", hint="pass --dataset DIR or set data.dataset")
+        if cfg.data.masks:
+            return load_image_mask_folders(cfg.data.dataset, cfg.data.masks,
+                                           mask_suffix=cfg.data.mask_suffix,
+                                           modality=cfg.data.modality or "PNG")
+        ds = open_dataset(cfg.data.dataset)
+        if cfg.data.modality:
+            ds.modalities = [modality_of_channel(cfg.data.modality)] * len(ds.channel_names)
+        return ds
+
+    def prepare(self, cfg: ExperimentConfig, log: Log) -> PreparedData:
+        data = prepare_data(cfg, log=log, task=self)
+        return data
+
+    def build_model(self, cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
+        return self.build_network(cfg, data.spatial_dims, data.in_channels, data.num_classes)
+
+    def trainer(self, cfg: ExperimentConfig, data: PreparedData, model: torch.nn.Module,
+                device: torch.device, log: Log) -> SegmentationTrainer:
+        tr = SegmentationTrainer(cfg, data, model, device)
+        log(f"  {len(data.train_images)} training / {len(data.val_images)} validation cases, "
+            f"{data.spatial_dims}D, {data.in_channels} channel(s), classes {data.class_names}, "
+            f"patch {list(data.patch_size)}")
+        return tr
+
+    def plan_entries(self, cfg: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
+        """The task's entries of ``plan.json``."""
+        return {
+            "preprocess": data.plan.to_dict(),
+            "labels": dict(data.dataset.labels),
+            "ignore_label": data.ignore_label,
+            "channel_names": list(data.dataset.channel_names),
+            "modalities": list(data.dataset.modalities),
+            "patch_size": list(data.patch_size),
+            "inference": {"overlap": cfg.inference.overlap,
+                          "sw_batch_size": cfg.inference.sw_batch_size,
+                          "sigma_scale": cfg.inference.sigma_scale,
+                          "tta": cfg.inference.tta},
+            "file_ending": data.dataset.file_ending,
+            "dataset_summary": data.summary,
+        }
+
+    def plan(self, cfg: ExperimentConfig, data: PreparedData) -> Plan:
+        return Plan(self.name, data.spatial_dims, data.in_channels, data.num_classes,
+                    self.model_name(cfg), dict(cfg.model.options), list(data.class_names),
+                    list(data.train_ids), list(data.val_ids), self.plan_entries(cfg, data))
+
+    def check_plan(self, plan: Plan, source: Path) -> None:
+        pre = plan_entry(plan, "preprocess", dict, source)
+        try:
+            PreprocessPlan.from_dict(pre)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"plan.json entry 'preprocess' is not a preprocessing plan ({e})",
+                             source, "give the plan.json that medseg train wrote") from None
+        patch = plan_entry(plan, "patch_size", list, source)
+        if len(patch) != plan.spatial_dims or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 4096
+                for p in patch):
+            raise InputError(f"plan.json entry 'patch_size' must be {plan.spatial_dims} sizes "
+                             f"in 1..4096, got {patch!r:.60}", source,
+                             "give the plan.json that medseg train wrote")
+        inf = plan_entry(plan, "inference", dict, source)
+        for key, kind in (("overlap", float), ("sw_batch_size", int), ("tta", bool)):
+            v = inf.get(key)
+            if not isinstance(v, kind | int) if kind is float else not isinstance(v, kind):
+                raise InputError(f"plan.json entry 'inference.{key}' has the wrong type",
+                                 source, "give the plan.json that medseg train wrote")
+        if not 0.0 <= float(inf["overlap"]) < 1.0 or inf["sw_batch_size"] < 1:
+            raise InputError("plan.json entry 'inference' is out of range (overlap in [0, 1), "
+                             "sw_batch_size >= 1)", source,
+                             "give the plan.json that medseg train wrote")
+
+    def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
+        model = SegmentationModel.load(folder, request.checkpoint, request.device)
+        files = predict_inputs(model, request.input, request.output, fmt=request.format,
+                               tta=request.tta, overlap=request.overlap,
+                               save_probabilities=request.save_probabilities, log=log)
+        log(f"{len(files)} prediction(s) written to {request.output}")
+        return files
+
+    def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
+        return evaluate_folders(request.pred, request.ref, request.output,
+                                labels=request.labels, ignore_label=request.ignore_label,
+                                dataset_json=request.dataset_json,
+                                ref_suffix=request.ref_suffix, images=request.images, log=log)
+
+    def recognises(self, pred: Path) -> bool:
+        return pred.is_dir() or (pred.is_file() and pred.suffix.lower() != ".csv")
+
+
+__all__ = [
+    "PreparedData",
+    "SegmentationModel",
+    "SegmentationTask",
+    "SegmentationTrainer",
+    "collect_inputs",
+    "evaluate_folders",
+    "make_epoch_loader",
+    "predict_inputs",
+    "prepare_data",
+    "validate",
+]

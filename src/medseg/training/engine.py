@@ -1,0 +1,401 @@
+"""The one training engine (E3, E7): every task trains through :func:`train`.
+
+What it guarantees, for every registered task:
+
+* **exact resume** — every random stream of an epoch (batch drawing, augmentation, dropout) is
+  seeded from ``(seed, epoch, rank)`` at the start of that epoch, and the checkpoint written at
+  the end of epoch ``e`` holds the model, optimiser, grad scaler, the task's own state and the
+  history, so a run resumed from it replays epoch ``e + 1`` bit for bit;
+* **a time budget** (``train.max_minutes``) refitted after every epoch, the schedule following;
+* **checkpoints** ``checkpoint_last.pt`` every epoch and ``checkpoint_best.pt`` at the best
+  validation value of the task's key metric (``best_metric``), written atomically with Ctrl-C
+  held back during the write, never holding non-finite weights;
+* **a non-finite guard** — the loss and the gradient norm are checked before the optimiser
+  step; a bad step is skipped and logged, ``train.max_bad_steps`` bad steps in a row stop the
+  run with a :class:`TrainingError` (the last good checkpoint stays);
+* **DDP under torchrun** (NCCL on CUDA, Gloo on CPU): each rank draws its own batches, rank 0
+  alone validates, writes and reports; **AMP** on CUDA (``train.amp``); **deterministic**
+  algorithms on request (``train.deterministic``);
+* a progress line per epoch and ``train_log.csv`` (with the number of processes).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError, InputError, MedsegError
+from medseg.io.atomic import atomic_write_text
+from medseg.training.checkpoint import (
+    BEST_NAME,
+    CONFIG_NAME,
+    LAST_NAME,
+    LOG_NAME,
+    atomic_torch_save,
+    load_checkpoint,
+)
+from medseg.training.config import ExperimentConfig
+from medseg.training.device import resolve_device
+from medseg.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_int,
+    cleanup,
+    init_distributed,
+)
+
+
+class TrainingError(MedsegError):
+    """Training cannot go on (e.g. the loss or the gradients stay non-finite)."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run leaves behind.
+
+    Attributes:
+        output_dir: The model folder.
+        epochs_done: Completed epochs.
+        best_metric: Best validation value of ``metric`` (``-1`` / ``inf`` when never
+            validated, by direction).
+        metric: The task's key metric.
+        metric_label: Its name for a person (``Dice``, ``AUROC``, ``loss``).
+        history: One row per epoch (as in ``train_log.csv``).
+        interrupted: Ended by Ctrl-C (the last complete checkpoint is kept).
+        is_main: This process is rank 0 (the one that reports).
+        skipped_steps: Optimiser steps skipped by the non-finite guard.
+    """
+
+    output_dir: Path
+    epochs_done: int
+    best_metric: float
+    metric: str = ""
+    metric_label: str = ""
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    is_main: bool = True
+    skipped_steps: int = 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one epoch's random streams on one rank."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def lr_at(cfg: ExperimentConfig, progress: float, epoch: int) -> float:
+    """Learning rate at training ``progress`` in [0, 1] (per step), with linear warm-up."""
+    base = cfg.optim.lr
+    if cfg.optim.warmup_epochs and epoch < cfg.optim.warmup_epochs:
+        return base * (epoch + 1) / (cfg.optim.warmup_epochs + 1)
+    s = cfg.optim.schedule
+    if s == "poly":
+        return base * (1.0 - min(progress, 1.0)) ** 0.9
+    if s == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if s == "constant":
+        return base
+    raise ConfigError(f"unknown optim.schedule {s!r}", hint="use poly, cosine or constant")
+
+
+def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW as configured."""
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True,
+                               weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    raise ConfigError(f"unknown optim.name {o.name!r}", hint="use sgd or adamw")
+
+
+def fmt_time(s: float) -> str:
+    """Seconds as ``m:ss`` or ``h:mm:ss``."""
+    s = max(0, int(round(s)))
+    h, r = divmod(s, 3600)
+    m, sec = divmod(r, 60)
+    return f"{h:d}:{m:02d}:{sec:02d}" if h else f"{m:d}:{sec:02d}"
+
+
+def fit_budget(cfg: ExperimentConfig, epoch: int, planned: int, spent: float,
+               say: Callable[[str], None]) -> int:
+    """Epochs that fit ``train.max_minutes`` given the mean epoch time so far.
+
+    Re-estimated after every epoch (so a slower machine, or validation epochs, are accounted
+    for); never more than ``train.epochs`` and never fewer than the epochs already done. The
+    schedule (poly/cosine) follows the new total, so it still ends at its final learning rate.
+    """
+    done = epoch + 1
+    budget = cfg.train.max_minutes * 60.0
+    per_epoch = spent / done
+    fit = done + max(0, int((budget - spent) // per_epoch))
+    new = max(done, min(cfg.train.epochs, fit))
+    if new != planned and (epoch == 0 or abs(new - planned) >= max(2, planned // 20)):
+        say(f"  time budget {cfg.train.max_minutes:g} min: {planned} -> {new} epochs "
+            f"({per_epoch:.1f} s each)")
+    return new
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    """``train_log.csv`` (atomically): one row per epoch, the union of the rows' columns."""
+    keys: list[str] = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in history:
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())
+
+
+def check_output_folder(cfg: ExperimentConfig, resume: bool
+                        ) -> tuple[ExperimentConfig, Path, Path]:
+    """Refuse to overwrite a model; on resume, return the folder's saved config.
+
+    Returns:
+        ``(config to use, output folder, path of checkpoint_last.pt)``.
+
+    Raises:
+        InputError: a model exists and ``resume`` is false, or nothing to resume.
+    """
+    out = Path(cfg.output_dir)
+    last_path = out / LAST_NAME
+    if not resume and last_path.exists():
+        raise InputError(
+            "the output folder already holds a trained model", out,
+            "pass --resume to continue it, or choose another --output folder "
+            "(medseg never overwrites a model)",
+        )
+    if resume and not last_path.exists():
+        raise InputError("nothing to resume: no checkpoint_last.pt", out,
+                         "start without --resume")
+    if resume:
+        # the saved config is the truth for a resumed run (same task, data, model, schedule)
+        cfg = ExperimentConfig.load(out / CONFIG_NAME)
+        cfg.output_dir = str(out)
+    return cfg, out, last_path
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values()
+               if torch.is_tensor(p) and p.is_floating_point())
+
+
+def train(cfg: ExperimentConfig, resume: bool = False,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train the configured task; see the module docstring for the guarantees.
+
+    Args:
+        cfg: The experiment configuration (saved as ``config.yaml`` in ``cfg.output_dir``);
+            ``cfg.task`` names the registered task.
+        resume: Continue from ``checkpoint_last.pt`` in ``cfg.output_dir`` (its saved config
+            is used).
+        log: Where progress lines go (default: stdout on rank 0).
+
+    Returns:
+        A :class:`TrainResult`. A Ctrl-C ends the run cleanly with ``interrupted=True`` and the
+        last complete checkpoint untouched.
+
+    Raises:
+        InputError / ConfigError: bad data or settings, before any training.
+        TrainingError: ``train.max_bad_steps`` non-finite steps in a row.
+    """
+    from medseg.model_folder import write_plan
+    from medseg.tasks import get_task
+
+    cfg, out, last_path = check_output_folder(cfg, resume)
+    try:
+        task = get_task(cfg.task)
+    except KeyError as e:
+        raise ConfigError(e.args[0], hint="set task to one of the registered tasks") from None
+    task.check_config(cfg)
+    device = resolve_device(cfg.train.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    say = log or (print if info.is_main else (lambda _s: None))
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+
+    try:
+        return _run(task, cfg, resume, out, last_path, device, info, say, write_plan)
+    finally:
+        cleanup(info)
+
+
+def _run(task: Any, cfg: ExperimentConfig, resume: bool, out: Path, last_path: Path,
+         device: torch.device, info: Any, say: Callable[[str], None],
+         write_plan: Callable[..., Path]) -> TrainResult:
+    torch.manual_seed(cfg.train.seed)
+    say(f"medseg train: preparing {task.name} data from {cfg.data.dataset}")
+    data = task.prepare(cfg, log=say)
+    model = task.build_model(cfg, data).to(device)
+    trainer = task.trainer(cfg, data, model, device, say)
+    plan = task.plan(cfg, data)
+    optimizer = build_optimizer(cfg, model)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    sign = 1.0 if task.higher_is_better else -1.0
+    start_epoch, best, history, spent = 0, -math.inf * sign, [], 0.0
+    planned = cfg.train.epochs
+    if resume:
+        ck = load_checkpoint(last_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if use_amp and "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch = int(ck["epoch"]) + 1
+        best = float(ck.get("best_metric", ck.get("best_dice", best)))
+        history, planned = list(ck["history"]), int(ck["planned_epochs"])
+        spent = float(ck.get("train_seconds", 0.0))
+        # "class_weights_state": the key of checkpoints written before the engine
+        trainer.load_state_dict(ck.get("task_state", {"class_weights_state":
+                                                      ck.get("class_weights_state")}))
+        say(f"  resumed from {last_path} at epoch {start_epoch}/{planned}")
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / CONFIG_NAME)
+        write_plan(plan, out)
+
+    net: torch.nn.Module = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    steps = cfg.train.steps_per_epoch
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    t_start = time.perf_counter()
+    epoch, interrupted, skipped_total, bad_run = start_epoch, False, 0, 0
+    tty = info.is_main and sys.stderr.isatty()
+    model.train()
+    try:
+        while epoch < planned:
+            t0 = time.perf_counter()
+            es = epoch_seed(cfg.train.seed, epoch, info.rank)
+            torch.manual_seed(es)
+            stream = trainer.batches(epoch, es, info.rank, info.world_size)
+            losses: list[float] = []
+            wait, skipped, lr = 0.0, 0, cfg.optim.lr
+            try:
+                for step in range(steps):
+                    tw = time.perf_counter()
+                    batch = next(stream)
+                    wait += time.perf_counter() - tw
+                    lr = lr_at(cfg, (epoch * steps + step) / max(1, planned * steps), epoch)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    with torch.autocast(device.type, enabled=use_amp):
+                        loss, output = trainer.loss(net, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                    lv = float(loss.detach())
+                    if math.isfinite(lv) and (math.isfinite(gnorm) or use_amp):
+                        # fp16 overflow of the gradients: the scaler skips the step itself
+                        scaler.step(optimizer)
+                        scaler.update()
+                        trainer.after_step(batch, output)
+                        losses.append(lv)
+                        bad_run = 0
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    bad_run += 1
+                    say(f"  epoch {epoch + 1} step {step + 1}: loss {lv:.4g}, gradient norm "
+                        f"{gnorm:.4g}: step skipped ({bad_run} in a row)")
+                    if bad_run >= cfg.train.max_bad_steps:
+                        raise TrainingError(
+                            f"training diverged: {bad_run} steps in a row with a non-finite "
+                            f"loss or gradient (epoch {epoch + 1}, step {step + 1}); the last "
+                            f"good checkpoint is kept in {out}",
+                            ) from None
+                    if tty:
+                        print(f"\r  epoch {epoch + 1}/{planned} step {step + 1}/{steps} "
+                              f"loss {np.mean(losses) if losses else math.nan:.4f}", end="",
+                              file=sys.stderr, flush=True)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if tty:
+                print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+            train_loss = all_reduce_mean(float(np.mean(losses)) if losses else math.nan,
+                                         info, device)
+            t_train = time.perf_counter() - t0
+            if cfg.train.max_minutes > 0:
+                # rank 0's decision holds for every rank so that all stop together
+                planned = broadcast_int(fit_budget(cfg, epoch, planned, spent + t_train, say),
+                                        info, device)
+            last = epoch + 1 == planned
+            do_val = trainer.n_val > 0 and (
+                last or (cfg.train.val_every > 0 and (epoch + 1) % cfg.train.val_every == 0))
+            val: dict[str, float] = {}
+            if do_val and info.is_main:
+                model.eval()
+                try:
+                    val = trainer.validate(model)
+                finally:
+                    model.train()
+            barrier(info)
+            extra = trainer.end_epoch()
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **extra,
+                   "data_wait_fraction": wait / max(t_train, 1e-9),
+                   "epoch_seconds": time.perf_counter() - t0, "processes": info.world_size,
+                   "skipped_steps": skipped, **val}
+            history.append(row)
+            spent += time.perf_counter() - t0
+            skipped_total += skipped
+
+            value = val.get(task.key_metric, math.nan)
+            is_best = do_val and math.isfinite(value) and sign * value > sign * best
+            if is_best:
+                best = value
+            if info.is_main:
+                if not _finite_weights(model):
+                    raise TrainingError(f"the weights became non-finite in epoch {epoch + 1}; "
+                                        f"the last good checkpoint is kept in {out}")
+                state = {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch, "planned_epochs": planned, "best_metric": best,
+                    "metric": task.key_metric, "task": task.name, "train_seconds": spent,
+                    "history": history, "task_state": trainer.state_dict(),
+                }
+                if use_amp:
+                    state["scaler"] = scaler.state_dict()
+                atomic_torch_save(state, last_path)
+                if is_best or trainer.n_val == 0:
+                    atomic_torch_save(state, out / BEST_NAME)
+                write_log(out / LOG_NAME, history)
+            eta = (time.perf_counter() - t_start) / (epoch + 1 - start_epoch) * (
+                planned - epoch - 1)
+            text = trainer.describe(val) if val else ""
+            if extra:
+                text += "  " + " ".join(f"{k} {v:.3g}" for k, v in extra.items())
+            epoch += 1  # this epoch is complete (its checkpoint is written) before it is said
+            say(f"  epoch {epoch}/{planned}  loss {train_loss:.4f}{text}  "
+                f"data-wait {row['data_wait_fraction']:.0%}  "
+                f"{row['epoch_seconds']:.1f}s  left ~{fmt_time(eta)}"
+                + (f"  ({skipped} step(s) skipped)" if skipped else ""))
+    except KeyboardInterrupt:
+        interrupted = True
+        say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is kept at "
+            f"{last_path} (epoch {epoch}). Continue with --resume.")
+    return TrainResult(out, epoch, best, task.key_metric, task.metric_label, history,
+                       interrupted, info.is_main, skipped_total)
