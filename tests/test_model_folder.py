@@ -155,3 +155,14 @@ def test_describe_names_task_network_and_classes():
     assert "background, organ, lesion" in text and "1 epoch(s)" in text
     log = list(csv.DictReader(open(LEGACY / "segmentation" / "model" / "train_log.csv")))
     assert len(log) == 1
+
+
+def test_medseg_info_describes_and_checks_a_folder(tmp_path, capsys):
+    assert main(["info", "--model", str(LEGACY / "classification" / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "task        classification" in out and "resnet_classifier" in out
+    folder = _copy(tmp_path)
+    _edit(folder, lambda d: d["model"]["options"].update(depth=-3))
+    assert main(["info", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plan.json" in err[0] and "do not build 'unet'" in err[0]

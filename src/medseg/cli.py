@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from medseg.errors import MedsegError
 
@@ -55,14 +56,8 @@ def _renamed_flag(p: argparse.ArgumentParser, new: str, old: str, *, required: b
                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="medseg",
-        description="Medical image segmentation: train, predict and evaluate on NIfTI, DICOM, "
-                    "NRRD and PNG/TIFF data.",
-    )
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_demo(sub: Any) -> None:
+    """``medseg demo``."""
     d = sub.add_parser("demo", help="run the whole pipeline on generated phantoms",
                        description="Generate phantoms, train a U-Net, predict the held-out "
                                    "phantoms with sliding windows, evaluate, write a report.")
@@ -82,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true",
                    help="replace an existing demo output folder (only one written by the demo)")
 
+
+def _add_train(sub: Any) -> None:
+    """``medseg train``: every task through the one engine."""
     t = sub.add_parser("train", help="train a segmentation or classification model",
                        description="Segmentation: an MSD / nnU-Net folder (dataset.json, "
                                    "imagesTr, labelsTr) or a folder of 2D images plus --masks. "
@@ -111,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     _add_train_overrides(t)
 
+
+def _add_predict(sub: Any) -> None:
+    """``medseg predict``: the model folder's task predicts."""
     p = sub.add_parser("predict", help="predict label maps with a trained model folder",
                        description="Predict with sliding windows. Input: a file (NIfTI, NRRD, "
                                    "PNG/TIFF), a DICOM series folder, or a folder of images. "
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None,
                    help="classification: predict only this split of the table (train/val/test)")
 
+
+def _add_evaluate(sub: Any) -> None:
+    """``medseg evaluate``: the task that recognises the predictions scores them."""
     e = sub.add_parser("evaluate", help="compare predictions with references",
                        description="Segmentation: per-case, per-class Dice, IoU, HD95 and ASSD "
                                    "(mm). Classification (--pred predictions.csv, --ref label "
@@ -156,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--bootstrap", type=int, default=1000,
                    help="classification: bootstrap resamples for the 95%% intervals")
 
+
+def _add_data_commands(sub: Any) -> None:
+    """Subcommands that write datasets: phantoms, simulate, convert-outlines, restoration-data."""
     ph = sub.add_parser("phantoms", help="write the embedded phantom dataset (MSD layout)")
     _renamed_flag(ph, "--output", "--out", required=True, help="output folder")
     ph.add_argument("--dims", type=int, choices=(2, 3), default=2)
@@ -227,9 +234,25 @@ def _parser() -> argparse.ArgumentParser:
                         "4/level^2 looks (level <= 2)")
     r.add_argument("--seed", type=int, default=0)
 
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="medseg",
+        description="Medical image segmentation: train, predict and evaluate on NIfTI, DICOM, "
+                    "NRRD and PNG/TIFF data.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    _add_demo(sub)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_data_commands(sub)
+    info = sub.add_parser("info", help="describe a trained model folder",
+                          description="Check a model folder (plan.json, network) and print "
+                                      "its task, network, input, classes and training summary.")
+    info.add_argument("--model", required=True, help="model folder written by medseg train")
     sub.add_parser("models", help="list the registered networks")
     return ap
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg`` command."""

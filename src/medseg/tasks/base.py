@@ -45,6 +45,14 @@ ENGINE_SETTINGS = frozenset({
     "train.deterministic", "train.max_bad_steps",
 })
 
+#: The settings of ``loss.class_weighting`` (L4), for tasks that use :func:`class_weighting`.
+CLASS_WEIGHTING_SETTINGS = frozenset({
+    "loss.class_weighting", "loss.balance_p_own", "loss.balance_p_rest",
+    "loss.adaptive_momentum", "loss.weight_min", "loss.weight_max",
+})
+#: The settings of :func:`medseg.data.splits.split_cases`.
+SPLIT_SETTINGS = frozenset({"data.val_fraction", "data.group_regex", "data.split_seed"})
+
 
 @dataclass
 class PredictRequest:

@@ -40,6 +40,8 @@ from medseg.model_folder import ModelFolder, Plan
 from medseg.reports import save_reliability_diagram, save_roc_curve, write_report
 from medseg.tasks import register_task
 from medseg.tasks.base import (
+    CLASS_WEIGHTING_SETTINGS,
+    SPLIT_SETTINGS,
     EvaluateRequest,
     Log,
     PredictRequest,
@@ -400,11 +402,8 @@ class ClassificationTask(Task):
     metric_label = "AUROC"
     higher_is_better = True
     default_model = "resnet_classifier"
-    uses = frozenset({
-        "data.modality", "data.val_fraction", "data.group_regex", "data.split_seed",
-        "data.image_size", "augment", "loss.class_weighting", "loss.balance_p_own",
-        "loss.balance_p_rest", "loss.adaptive_momentum", "loss.weight_min", "loss.weight_max",
-    })
+    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {"data.modality", "data.image_size",
+                                                        "augment"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:
         if not cfg.data.dataset:

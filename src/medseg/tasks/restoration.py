@@ -42,6 +42,7 @@ from medseg.model_folder import ModelFolder, Plan
 from medseg.physics.restoration_data import NoiseParams, read_restoration_json
 from medseg.tasks import register_task
 from medseg.tasks.base import (
+    SPLIT_SETTINGS,
     EvaluateRequest,
     Log,
     PredictRequest,
@@ -448,9 +449,8 @@ class RestorationTask(Task):
     metric_label = "loss"
     higher_is_better = False
     default_model = "unet"
-    uses = frozenset({"data.val_fraction", "data.group_regex", "data.split_seed",
-                      "loss.restoration", "train.patch_size", "augment.enabled",
-                      "augment.p_flip", "augment.flip_axes"})
+    uses = SPLIT_SETTINGS | {"loss.restoration", "train.patch_size", "augment.enabled",
+                             "augment.p_flip", "augment.flip_axes"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[RestorationArrays, dict]:
         if not cfg.data.dataset:

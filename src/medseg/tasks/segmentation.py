@@ -61,6 +61,8 @@ from medseg.model_folder import ModelFolder, Plan
 from medseg.reports import save_overlay, write_report
 from medseg.tasks import register_task
 from medseg.tasks.base import (
+    CLASS_WEIGHTING_SETTINGS,
+    SPLIT_SETTINGS,
     EvaluateRequest,
     Log,
     PredictRequest,
@@ -681,16 +683,13 @@ class SegmentationTask(Task):
     metric_label = "Dice"
     higher_is_better = True
     default_model = "unet"
-    uses = frozenset({
+    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {
         "data.masks", "data.mask_suffix", "data.modality", "data.spatial_dims",
-        "data.val_fraction", "data.group_regex", "data.split_seed", "data.val_max_cases",
-        "preprocess", "augment", "physics_noise", "inference",
+        "data.val_max_cases", "preprocess", "augment", "physics_noise", "inference",
         "loss.dice_weight", "loss.ce_weight", "loss.eps", "loss.batch_dice",
-        "loss.include_background", "loss.class_weighting", "loss.balance_p_own",
-        "loss.balance_p_rest", "loss.adaptive_momentum", "loss.weight_min", "loss.weight_max",
-        "loss.deep_supervision_weights",
+        "loss.include_background", "loss.deep_supervision_weights",
         "train.patch_size", "train.fg_oversample", "train.prefetch",
-    })
+    }
 
     def open_dataset(self, cfg: ExperimentConfig) -> SegDataset:
         """The dataset the config names (MSD folder, or images + masks folders)."""

@@ -210,7 +210,6 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         InputError / ConfigError: bad data or settings, before any training.
         TrainingError: ``train.max_bad_steps`` non-finite steps in a row.
     """
-    from medseg.model_folder import write_plan
     from medseg.tasks import get_task
 
     cfg, out, last_path = check_output_folder(cfg, resume)
@@ -233,169 +232,195 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             torch.backends.cudnn.benchmark = False
 
     try:
-        return _run(task, cfg, resume, out, last_path, device, info, say, write_plan)
+        return _Run(task, cfg, resume, out, last_path, device, info, say).run()
     finally:
         cleanup(info)
 
 
-def _run(task: Any, cfg: ExperimentConfig, resume: bool, out: Path, last_path: Path,
-         device: torch.device, info: Any, say: Callable[[str], None],
-         write_plan: Callable[..., Path]) -> TrainResult:
-    torch.manual_seed(cfg.train.seed)
-    say(f"medseg train: preparing {task.name} data from {cfg.data.dataset}")
-    data = task.prepare(cfg, log=say)
-    model = task.build_model(cfg, data).to(device)
-    trainer = task.trainer(cfg, data, model, device, say)
-    plan = task.plan(cfg, data)
-    optimizer = build_optimizer(cfg, model)
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+class _Run:
+    """One training run: the state the engine carries across steps and epochs."""
 
-    sign = 1.0 if task.higher_is_better else -1.0
-    start_epoch, best, history, spent = 0, -math.inf * sign, [], 0.0
-    planned = cfg.train.epochs
-    if resume:
-        ck = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if use_amp and "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch = int(ck["epoch"]) + 1
-        best = float(ck.get("best_metric", ck.get("best_dice", best)))
-        history, planned = list(ck["history"]), int(ck["planned_epochs"])
-        spent = float(ck.get("train_seconds", 0.0))
+    def __init__(self, task: Any, cfg: ExperimentConfig, resume: bool, out: Path,
+                 last_path: Path, device: torch.device, info: Any, say: Callable[[str], None]):
+        from medseg.model_folder import write_plan
+
+        self.task, self.cfg, self.out, self.last_path = task, cfg, out, last_path
+        self.device, self.info, self.say = device, info, say
+        torch.manual_seed(cfg.train.seed)
+        say(f"medseg train: preparing {task.name} data from {cfg.data.dataset}")
+        data = task.prepare(cfg, log=say)
+        self.model = task.build_model(cfg, data).to(device)
+        self.trainer = task.trainer(cfg, data, self.model, device, say)
+        plan = task.plan(cfg, data)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.use_amp = cfg.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.sign = 1.0 if task.higher_is_better else -1.0
+        self.start_epoch, self.best, self.history, self.spent = 0, -math.inf * self.sign, [], 0.0
+        self.planned = cfg.train.epochs
+        self.skipped_total = self.bad_run = 0
+        if resume:
+            self._restore()
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / CONFIG_NAME)
+            write_plan(plan, out)
+        self.net: torch.nn.Module = self.model
+        if info.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        self.tty = info.is_main and sys.stderr.isatty()
+
+    def _restore(self) -> None:
+        ck = load_checkpoint(self.last_path, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.use_amp and "scaler" in ck:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.start_epoch = int(ck["epoch"]) + 1
+        self.best = float(ck.get("best_metric", ck.get("best_dice", self.best)))
+        self.history, self.planned = list(ck["history"]), int(ck["planned_epochs"])
+        self.spent = float(ck.get("train_seconds", 0.0))
         # "class_weights_state": the key of checkpoints written before the engine
-        trainer.load_state_dict(ck.get("task_state", {"class_weights_state":
-                                                      ck.get("class_weights_state")}))
-        say(f"  resumed from {last_path} at epoch {start_epoch}/{planned}")
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / CONFIG_NAME)
-        write_plan(plan, out)
+        self.trainer.load_state_dict(ck.get("task_state", {
+            "class_weights_state": ck.get("class_weights_state")}))
+        self.say(f"  resumed from {self.last_path} at epoch {self.start_epoch}/{self.planned}")
 
-    net: torch.nn.Module = model
-    if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    def step(self, epoch: int, step: int, batch: Any, losses: list[float]) -> bool:
+        """One optimiser step behind the guard; ``False`` when it was skipped."""
+        cfg, steps = self.cfg, self.cfg.train.steps_per_epoch
+        lr = lr_at(cfg, (epoch * steps + step) / max(1, self.planned * steps), epoch)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            loss, output = self.trainer.loss(self.net, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm))
+        lv = float(loss.detach())
+        if math.isfinite(lv) and (math.isfinite(gnorm) or self.use_amp):
+            # fp16 overflow of the gradients: the scaler skips the step itself
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.trainer.after_step(batch, output)
+            losses.append(lv)
+            self.bad_run = 0
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_run += 1
+        self.say(f"  epoch {epoch + 1} step {step + 1}: loss {lv:.4g}, gradient norm "
+                 f"{gnorm:.4g}: step skipped ({self.bad_run} in a row)")
+        if self.bad_run >= cfg.train.max_bad_steps:
+            raise TrainingError(
+                f"training diverged: {self.bad_run} steps in a row with a non-finite loss or "
+                f"gradient (epoch {epoch + 1}, step {step + 1}); the last good checkpoint is "
+                f"kept in {self.out}")
+        return False
 
-    steps = cfg.train.steps_per_epoch
-    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-    t_start = time.perf_counter()
-    epoch, interrupted, skipped_total, bad_run = start_epoch, False, 0, 0
-    tty = info.is_main and sys.stderr.isatty()
-    model.train()
-    try:
-        while epoch < planned:
-            t0 = time.perf_counter()
-            es = epoch_seed(cfg.train.seed, epoch, info.rank)
-            torch.manual_seed(es)
-            stream = trainer.batches(epoch, es, info.rank, info.world_size)
-            losses: list[float] = []
-            wait, skipped, lr = 0.0, 0, cfg.optim.lr
-            try:
-                for step in range(steps):
-                    tw = time.perf_counter()
-                    batch = next(stream)
-                    wait += time.perf_counter() - tw
-                    lr = lr_at(cfg, (epoch * steps + step) / max(1, planned * steps), epoch)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
-                    with torch.autocast(device.type, enabled=use_amp):
-                        loss, output = trainer.loss(net, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                    lv = float(loss.detach())
-                    if math.isfinite(lv) and (math.isfinite(gnorm) or use_amp):
-                        # fp16 overflow of the gradients: the scaler skips the step itself
-                        scaler.step(optimizer)
-                        scaler.update()
-                        trainer.after_step(batch, output)
-                        losses.append(lv)
-                        bad_run = 0
-                        continue
-                    optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
-                    bad_run += 1
-                    say(f"  epoch {epoch + 1} step {step + 1}: loss {lv:.4g}, gradient norm "
-                        f"{gnorm:.4g}: step skipped ({bad_run} in a row)")
-                    if bad_run >= cfg.train.max_bad_steps:
-                        raise TrainingError(
-                            f"training diverged: {bad_run} steps in a row with a non-finite "
-                            f"loss or gradient (epoch {epoch + 1}, step {step + 1}); the last "
-                            f"good checkpoint is kept in {out}",
-                            ) from None
-                    if tty:
-                        print(f"\r  epoch {epoch + 1}/{planned} step {step + 1}/{steps} "
-                              f"loss {np.mean(losses) if losses else math.nan:.4f}", end="",
-                              file=sys.stderr, flush=True)
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            if tty:
-                print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-            train_loss = all_reduce_mean(float(np.mean(losses)) if losses else math.nan,
-                                         info, device)
-            t_train = time.perf_counter() - t0
-            if cfg.train.max_minutes > 0:
-                # rank 0's decision holds for every rank so that all stop together
-                planned = broadcast_int(fit_budget(cfg, epoch, planned, spent + t_train, say),
-                                        info, device)
-            last = epoch + 1 == planned
-            do_val = trainer.n_val > 0 and (
-                last or (cfg.train.val_every > 0 and (epoch + 1) % cfg.train.val_every == 0))
-            val: dict[str, float] = {}
-            if do_val and info.is_main:
-                model.eval()
-                try:
-                    val = trainer.validate(model)
-                finally:
-                    model.train()
-            barrier(info)
-            extra = trainer.end_epoch()
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **extra,
-                   "data_wait_fraction": wait / max(t_train, 1e-9),
-                   "epoch_seconds": time.perf_counter() - t0, "processes": info.world_size,
-                   "skipped_steps": skipped, **val}
-            history.append(row)
-            spent += time.perf_counter() - t0
-            skipped_total += skipped
+    def train_epoch(self, epoch: int) -> tuple[float, float, int, float]:
+        """The epoch's steps: ``(mean loss over ranks, data-wait seconds, skipped, last lr)``."""
+        cfg, info = self.cfg, self.info
+        es = epoch_seed(cfg.train.seed, epoch, info.rank)
+        torch.manual_seed(es)
+        stream = self.trainer.batches(epoch, es, info.rank, info.world_size)
+        losses: list[float] = []
+        wait, skipped = 0.0, 0
+        try:
+            for step in range(cfg.train.steps_per_epoch):
+                tw = time.perf_counter()
+                batch = next(stream)
+                wait += time.perf_counter() - tw
+                skipped += not self.step(epoch, step, batch, losses)
+                if self.tty:
+                    print(f"\r  epoch {epoch + 1}/{self.planned} step {step + 1}/"
+                          f"{cfg.train.steps_per_epoch} loss "
+                          f"{np.mean(losses) if losses else math.nan:.4f}", end="",
+                          file=sys.stderr, flush=True)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if self.tty:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+        loss = all_reduce_mean(float(np.mean(losses)) if losses else math.nan, info,
+                               self.device)
+        return loss, wait, skipped, self.optimizer.param_groups[0]["lr"]
 
-            value = val.get(task.key_metric, math.nan)
-            is_best = do_val and math.isfinite(value) and sign * value > sign * best
-            if is_best:
-                best = value
-            if info.is_main:
-                if not _finite_weights(model):
-                    raise TrainingError(f"the weights became non-finite in epoch {epoch + 1}; "
-                                        f"the last good checkpoint is kept in {out}")
-                state = {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch, "planned_epochs": planned, "best_metric": best,
-                    "metric": task.key_metric, "task": task.name, "train_seconds": spent,
-                    "history": history, "task_state": trainer.state_dict(),
-                }
-                if use_amp:
-                    state["scaler"] = scaler.state_dict()
-                atomic_torch_save(state, last_path)
-                if is_best or trainer.n_val == 0:
-                    atomic_torch_save(state, out / BEST_NAME)
-                write_log(out / LOG_NAME, history)
-            eta = (time.perf_counter() - t_start) / (epoch + 1 - start_epoch) * (
-                planned - epoch - 1)
-            text = trainer.describe(val) if val else ""
-            if extra:
-                text += "  " + " ".join(f"{k} {v:.3g}" for k, v in extra.items())
-            epoch += 1  # this epoch is complete (its checkpoint is written) before it is said
-            say(f"  epoch {epoch}/{planned}  loss {train_loss:.4f}{text}  "
-                f"data-wait {row['data_wait_fraction']:.0%}  "
-                f"{row['epoch_seconds']:.1f}s  left ~{fmt_time(eta)}"
-                + (f"  ({skipped} step(s) skipped)" if skipped else ""))
-    except KeyboardInterrupt:
-        interrupted = True
-        say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is kept at "
-            f"{last_path} (epoch {epoch}). Continue with --resume.")
-    return TrainResult(out, epoch, best, task.key_metric, task.metric_label, history,
-                       interrupted, info.is_main, skipped_total)
+    def save(self, epoch: int, is_best: bool) -> None:
+        """Rank 0: ``checkpoint_last.pt`` (+ best) and ``train_log.csv``, atomically."""
+        if not _finite_weights(self.model):
+            raise TrainingError(f"the weights became non-finite in epoch {epoch + 1}; the last "
+                                f"good checkpoint is kept in {self.out}")
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch, "planned_epochs": self.planned, "best_metric": self.best,
+            "metric": self.task.key_metric, "task": self.task.name,
+            "train_seconds": self.spent, "history": self.history,
+            "task_state": self.trainer.state_dict(),
+        }
+        if self.use_amp:
+            state["scaler"] = self.scaler.state_dict()
+        atomic_torch_save(state, self.last_path)
+        if is_best or self.trainer.n_val == 0:
+            atomic_torch_save(state, self.out / BEST_NAME)
+        write_log(self.out / LOG_NAME, self.history)
+
+    def run(self) -> TrainResult:
+        cfg, info, trainer = self.cfg, self.info, self.trainer
+        t_start = time.perf_counter()
+        epoch, interrupted = self.start_epoch, False
+        self.model.train()
+        try:
+            while epoch < self.planned:
+                t0 = time.perf_counter()
+                train_loss, wait, skipped, lr = self.train_epoch(epoch)
+                t_train = time.perf_counter() - t0
+                if cfg.train.max_minutes > 0:
+                    # rank 0's decision holds for every rank so that all stop together
+                    self.planned = broadcast_int(fit_budget(cfg, epoch, self.planned,
+                                                            self.spent + t_train, self.say),
+                                                 info, self.device)
+                do_val = trainer.n_val > 0 and (epoch + 1 == self.planned or (
+                    cfg.train.val_every > 0 and (epoch + 1) % cfg.train.val_every == 0))
+                val: dict[str, float] = {}
+                if do_val and info.is_main:
+                    self.model.eval()
+                    try:
+                        val = trainer.validate(self.model)
+                    finally:
+                        self.model.train()
+                barrier(info)
+                extra = trainer.end_epoch()
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **extra,
+                       "data_wait_fraction": wait / max(t_train, 1e-9),
+                       "epoch_seconds": time.perf_counter() - t0,
+                       "processes": info.world_size, "skipped_steps": skipped, **val}
+                self.history.append(row)
+                self.spent += time.perf_counter() - t0
+                self.skipped_total += skipped
+                value = val.get(self.task.key_metric, math.nan)
+                is_best = do_val and math.isfinite(value) and \
+                    self.sign * value > self.sign * self.best
+                if is_best:
+                    self.best = value
+                if info.is_main:
+                    self.save(epoch, is_best)
+                eta = (time.perf_counter() - t_start) / (epoch + 1 - self.start_epoch) * (
+                    self.planned - epoch - 1)
+                text = trainer.describe(val) if val else ""
+                if extra:
+                    text += "  " + " ".join(f"{k} {v:.3g}" for k, v in extra.items())
+                epoch += 1  # complete (its checkpoint is written) before it is said
+                self.say(f"  epoch {epoch}/{self.planned}  loss {train_loss:.4f}{text}  "
+                         f"data-wait {row['data_wait_fraction']:.0%}  "
+                         f"{row['epoch_seconds']:.1f}s  left ~{fmt_time(eta)}"
+                         + (f"  ({skipped} step(s) skipped)" if skipped else ""))
+        except KeyboardInterrupt:
+            interrupted = True
+            self.say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is "
+                     f"kept at {self.last_path} (epoch {epoch}). Continue with --resume.")
+        return TrainResult(self.out, epoch, self.best, self.task.key_metric,
+                           self.task.metric_label, self.history, interrupted, info.is_main,
+                           self.skipped_total)

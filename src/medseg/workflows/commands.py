@@ -199,3 +199,13 @@ def cmd_restoration_data(a: argparse.Namespace) -> int:
         raise InputError(str(e), hint="see medseg restoration-data --help") from None
     print(f"restoration dataset written to {a.output}")
     return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    """``medseg info``: check a model folder and describe it."""
+    from medseg.model_folder import ModelFolder
+
+    folder = ModelFolder.open(a.model)
+    folder.build_network()  # the plan's options must build the network
+    print(folder.describe())
+    return 0

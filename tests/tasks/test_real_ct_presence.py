@@ -12,7 +12,7 @@ import numpy as np
 from medseg.data.classification import MISSING, load_classification_csv
 from medseg.io import read_image, read_label
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ct_organ_presence" / \
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ct_organ_presence" / \
     "make_dataset.py"
 
 
