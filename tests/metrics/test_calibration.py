@@ -10,6 +10,8 @@ from medseg.metrics.calibration import (
     classification_calibration,
     expected_calibration_error,
     reliability_bins,
+    segmentation_calibration,
+    voxel_confidence,
 )
 
 
@@ -89,3 +91,145 @@ def test_bad_input():
         reliability_bins(np.array([1.2]), np.array([1]))
     with pytest.raises(ValueError, match="0 or 1"):
         reliability_bins(np.array([0.2]), np.array([2]))
+
+
+def test_equal_mass_hand_values():
+    # N = 6, 3 bins: target ranks 1-2, 3-4, 5-6; the three 0.3s (ranks 3-5) stay together in the
+    # bin of their lowest rank, so the counts are 2, 3, 1
+    conf = np.array([0.3, 0.9, 0.1, 0.3, 0.2, 0.3])
+    out = np.array([0, 1, 0, 1, 1, 1])
+    b = reliability_bins(conf, out, 3, binning="mass")
+    np.testing.assert_allclose(b["edges"], [0.1, 0.2, 0.3, 0.9])
+    assert b["count"].tolist() == [2, 3, 1]
+    np.testing.assert_allclose(b["confidence"], [0.15, 0.3, 0.9])
+    np.testing.assert_allclose(b["frequency"], [0.5, 2 / 3, 1.0])
+    ece, mce = expected_calibration_error(conf, out, 3, binning="mass")
+    assert ece == pytest.approx(2 / 6 * 0.35 + 3 / 6 * (2 / 3 - 0.3) + 1 / 6 * 0.1)  # 0.31667
+    assert mce == pytest.approx(2 / 3 - 0.3)
+    # no ties, N = 8 in 3 bins: ranks 1-3, 4-6, 7-8
+    c8 = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75])
+    o8 = np.array([0, 0, 1, 0, 1, 1, 1, 1])
+    b8 = reliability_bins(c8[::-1], o8[::-1], 3, binning="mass")  # order does not matter
+    assert b8["count"].tolist() == [3, 3, 2]
+    np.testing.assert_allclose(b8["frequency"], [1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(b8["edges"], [0.05, 0.25, 0.55, 0.75])
+    # fewer samples than bins: empty bins are allowed (NaN), never split samples
+    b2 = reliability_bins(np.array([0.4, 0.7]), np.array([0, 1]), 4, binning="mass")
+    assert b2["count"].tolist() == [1, 0, 1, 0] and np.isnan(b2["frequency"][1])
+    # one bin: ECE = |mean outcome - mean confidence| for both binnings
+    assert expected_calibration_error(conf, out, 1, "mass")[0] == pytest.approx(
+        expected_calibration_error(conf, out, 1, "width")[0])
+    with pytest.raises(ValueError, match="binning"):
+        reliability_bins(conf, out, 3, binning="quantile")
+
+
+def _loop_mass_ece(conf, out, n_bins):
+    """Reference: rank bins by sorted position, then move every tie run to its first rank's bin."""
+    pairs = sorted(zip(conf, out, strict=True))
+    n = len(pairs)
+    bins = []
+    for r in range(1, n + 1):  # 1-based rank r is in bin k when ceil(kN/B) < r <= ceil((k+1)N/B)
+        k = 0
+        while -(-(k + 1) * n // n_bins) < r:
+            k += 1
+        bins.append(k)
+    for i in range(1, n):
+        if pairs[i][0] == pairs[i - 1][0]:
+            bins[i] = bins[i - 1]
+    total = 0.0
+    for k in range(n_bins):
+        sel = [p for p, b in zip(pairs, bins, strict=True) if b == k]
+        if sel:
+            cs, os_ = zip(*sel, strict=True)
+            total += len(sel) / n * abs(np.mean(os_) - np.mean(cs))
+    return total
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+@pytest.mark.parametrize(("n", "n_bins"), [(500, 10), (37, 6), (5, 15)])
+def test_equal_mass_agrees_with_a_plain_loop(n, n_bins, decimals):
+    rng = np.random.default_rng(n + n_bins)
+    conf = rng.uniform(0, 1, n)
+    if decimals is not None:  # many ties
+        conf = np.round(conf, decimals)
+    out = (rng.uniform(0, 1, n) < conf**2).astype(int)
+    assert expected_calibration_error(conf, out, n_bins, "mass")[0] == pytest.approx(
+        _loop_mass_ece(conf, out, n_bins), abs=1e-12)
+    perm = rng.permutation(n)
+    assert expected_calibration_error(conf[perm], out[perm], n_bins, "mass")[0] == \
+        pytest.approx(expected_calibration_error(conf, out, n_bins, "mass")[0], abs=1e-15)
+    counts = reliability_bins(conf, out, n_bins, "mass")["count"]
+    if decimals is None and n >= n_bins:  # no ties: counts differ by at most one
+        assert counts.max() - counts.min() <= 1 and counts.sum() == n
+
+
+def test_equal_mass_calibrated_and_overconfident():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 100_000)
+    y = (rng.uniform(0, 1, p.size) < p).astype(int)
+    assert expected_calibration_error(p, y, 15, "mass")[0] < 0.01
+    sharp = np.clip(0.5 + 1.8 * (p - 0.5), 0, 1)
+    assert expected_calibration_error(sharp, y, 15, "mass")[0] == pytest.approx(1 / 9, abs=0.01)
+
+
+def test_classification_records_binning():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    labels = np.array([0, 1, 1])
+    r = classification_calibration(probs, labels, "single", n_bins=10)
+    assert r["binning"] == "width"
+    m = classification_calibration(probs, labels, "single", n_bins=3, binning="mass")
+    # one sample per bin: the same per-sample gaps as equal-width bins of width 0.1
+    assert m["binning"] == "mass" and m["ece"] == pytest.approx(r["ece"])
+    assert m["reliability"]["edges"] == pytest.approx([0.6, 0.6, 0.7, 0.9])
+
+
+def test_voxel_level_hand_values_and_mask():
+    # (C=3, 2, 2) probabilities, a label map and a mask hiding voxel (1, 1)
+    probs = np.array([[[0.7, 0.2], [0.1, 0.5]],
+                      [[0.2, 0.5], [0.3, 0.4]],
+                      [[0.1, 0.3], [0.6, 0.1]]])
+    labels = np.array([[0, 2], [2, 255]])
+    mask = np.array([[1, 1], [1, 0]])
+    conf, correct = voxel_confidence(probs, labels, mask)
+    np.testing.assert_allclose(conf, [0.7, 0.5, 0.6])
+    np.testing.assert_allclose(correct, [1.0, 0.0, 1.0])
+    r = segmentation_calibration(probs, labels[None], mask, n_bins=10)
+    assert r["n"] == 3 and r["binning"] == "width"
+    # bins (0.6, 0.7] conf 0.7 correct; (0.5, 0.6] 0.6 correct; (0.4, 0.5] 0.5 wrong
+    assert r["ece"] == pytest.approx((0.3 + 0.4 + 0.5) / 3)
+    assert r["mce"] == pytest.approx(0.5)
+    brier = ((0.3**2 + 0.2**2 + 0.1**2) + (0.2**2 + 0.5**2 + 0.7**2)
+             + (0.1**2 + 0.3**2 + 0.4**2)) / 3
+    assert r["brier"] == pytest.approx(brier)
+    # the masked voxel changes nothing whatever its probabilities and label
+    p2 = probs.copy()
+    p2[:, 1, 1] = [0.0, 0.0, 1.0]
+    l2 = labels.copy()
+    l2[1, 1] = 0
+    assert segmentation_calibration(p2, l2, mask, n_bins=10) == r
+    # without the mask the fourth voxel (label 255) is refused
+    with pytest.raises(ValueError, match="labels"):
+        voxel_confidence(probs, labels)
+    with pytest.raises(ValueError, match="mask"):
+        voxel_confidence(probs, labels, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="C >= 2"):
+        voxel_confidence(probs[:1], labels)
+
+
+def test_voxel_level_mask_excludes_exactly_on_a_volume():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 6, 7, 8))
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    labels = rng.integers(0, 4, (6, 7, 8))
+    mask = rng.uniform(size=(6, 7, 8)) < 0.5
+    for binning in ("width", "mass"):
+        r = segmentation_calibration(probs, labels, mask, n_bins=8, binning=binning)
+        conf = probs.max(0)[mask]
+        correct = (probs.argmax(0) == labels)[mask].astype(float)
+        ece, mce = expected_calibration_error(conf, correct, 8, binning)
+        assert r["n"] == int(mask.sum())
+        assert r["ece"] == pytest.approx(ece, abs=1e-15) and r["mce"] == pytest.approx(mce)
+        assert r["ece"] == pytest.approx(_loop_ece(conf, correct, 8) if binning == "width"
+                                         else _loop_mass_ece(conf, correct, 8), abs=1e-12)
+    empty = segmentation_calibration(probs, labels, np.zeros((6, 7, 8)), binning="mass")
+    assert empty["n"] == 0 and empty["ece"] is None and empty["brier"] is None
