@@ -107,6 +107,11 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto, cpu, cuda")
     t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    t.add_argument("--ensemble", type=int, metavar="M",
+                   help="train a deep ensemble of M members (seeds seed..seed+M-1) into one "
+                        "model folder (member_<k>/); predict averages them")
+    t.add_argument("--member", type=int, metavar="K",
+                   help="with --ensemble: train only member K (separate jobs, e.g. one per GPU)")
     _add_train_overrides(t)
 
 
@@ -129,6 +134,17 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--split", default=None,
                    help="classification: predict only this split of the table (train/val/test)")
+    p.add_argument("--uncertainty", choices=("none", "mc", "mc_decoder", "ensemble", "tta"),
+                   default=None,
+                   help="write uncertainty maps / columns and uncertainty.csv from T samples: "
+                        "mc (MC Dropout), mc_decoder (dropout in the decoder only, encoder run "
+                        "once), ensemble (an --ensemble model folder's members), tta (flips), "
+                        "none (the single prediction: entropy, and the aleatoric term of a "
+                        "variance head)")
+    p.add_argument("--samples", type=int, default=10, help="T for MC Dropout (default 10)")
+    p.add_argument("--uncertainty-seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--per-class", action="store_true",
+                   help="also write the per-class variance maps (C channels)")
 
 
 def _add_evaluate(sub: Any) -> None:

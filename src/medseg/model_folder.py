@@ -41,7 +41,7 @@ PLAN_FORMAT = "medseg-plan/2"
 READABLE_FORMATS = ("medseg-plan/1", PLAN_FORMAT)
 #: Keys every plan has; the rest of ``plan.json`` are the task's entries.
 _CORE_KEYS = ("format", "task", "spatial_dims", "in_channels", "num_classes", "class_names",
-              "model", "train_ids", "val_ids")
+              "model", "train_ids", "val_ids", "members")
 #: A plan larger than this is not a medseg plan (a guard before anything is built from it).
 MAX_PLAN_BYTES = 64 * 2**20
 
@@ -62,6 +62,9 @@ class Plan:
         val_ids: Case ids of its validation split.
         entries: The task's own entries (preprocessing, patch size, noise law, ...), checked
             by the task (:meth:`medseg.tasks.base.Task.check_plan`).
+        variance_head: The network carries a logit log-variance head (U1).
+        members: Sub-folders of an ensemble's members (each a model folder), empty for one
+            model.
         format: Schema version written (``medseg-plan/2``; ``/1`` is read too).
     """
 
@@ -76,6 +79,8 @@ class Plan:
     val_ids: list[str] = field(default_factory=list)
     entries: dict[str, Any] = field(default_factory=dict)
     format: str = PLAN_FORMAT
+    variance_head: bool = False
+    members: list[str] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> Any:
         """``plan[key]``: a task entry, or a core field by its ``plan.json`` name."""
@@ -95,12 +100,16 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``plan.json`` layout (core keys first, then the task's entries)."""
-        return {"format": self.format, "task": self.task, "spatial_dims": self.spatial_dims,
-                "in_channels": self.in_channels, "num_classes": self.num_classes,
-                "class_names": list(self.class_names),
-                "model": {"name": self.model_name, "options": dict(self.model_options)},
-                "train_ids": list(self.train_ids), "val_ids": list(self.val_ids),
-                **self.entries}
+        model: dict[str, Any] = {"name": self.model_name, "options": dict(self.model_options)}
+        if self.variance_head:
+            model["variance_head"] = True
+        d = {"format": self.format, "task": self.task, "spatial_dims": self.spatial_dims,
+             "in_channels": self.in_channels, "num_classes": self.num_classes,
+             "class_names": list(self.class_names), "model": model,
+             "train_ids": list(self.train_ids), "val_ids": list(self.val_ids)}
+        if self.members:
+            d["members"] = list(self.members)
+        return {**d, **self.entries}
 
     @classmethod
     def from_dict(cls, d: Any, source: str | Path | None = None) -> Plan:
@@ -137,8 +146,11 @@ class Plan:
         task = str(need("task", str))
         model = need("model", dict)
         name, options = model.get("name"), model.get("options", {})
-        if not isinstance(name, str) or not isinstance(options, dict):
-            raise bad("plan.json entry 'model' must be {\"name\": text, \"options\": {...}}")
+        head = model.get("variance_head", False)
+        if not isinstance(name, str) or not isinstance(options, dict) or not isinstance(head,
+                                                                                        bool):
+            raise bad("plan.json entry 'model' must be {\"name\": text, \"options\": {...}, "
+                      "\"variance_head\": true/false}")
         dims = need("spatial_dims", int)
         if dims not in (2, 3):
             raise bad(f"plan.json entry 'spatial_dims' must be 2 or 3, got {dims}")
@@ -146,15 +158,17 @@ class Plan:
         if not (1 <= cin <= 4096 and 1 <= ncls <= 65535):
             raise bad(f"plan.json in_channels {cin} / num_classes {ncls} out of range")
         lists = {}
-        for key in ("class_names", "train_ids", "val_ids"):
+        for key in ("class_names", "train_ids", "val_ids", "members"):
             v = need(key, list, [])
             if not all(isinstance(s, str) for s in v):
                 raise bad(f"plan.json entry {key!r} must be a list of text")
             lists[key] = v
         entries = {k: v for k, v in d.items() if k not in _CORE_KEYS}
+        if any(not m or "/" in m or "\\" in m or m.startswith(".") for m in lists["members"]):
+            raise bad("plan.json 'members' must name sub-folders of the model folder")
         return cls(ALIASES.get(task, task), dims, cin, ncls, name, dict(options),
                    lists["class_names"], lists["train_ids"], lists["val_ids"], entries,
-                   PLAN_FORMAT)
+                   PLAN_FORMAT, head, lists["members"])
 
 
 @dataclass
@@ -168,10 +182,16 @@ class ModelFolder:
 
     path: Path
     plan: Plan
+    members: list[ModelFolder] = field(default_factory=list)
 
     @property
     def task(self) -> str:
         return self.plan.task
+
+    @property
+    def is_ensemble(self) -> bool:
+        """The folder holds several members (deep ensemble or folds), averaged at prediction."""
+        return bool(self.members)
 
     @classmethod
     def open(cls, folder: str | Path, task: str | None = None) -> ModelFolder:
@@ -214,7 +234,21 @@ class ModelFolder:
             raise InputError(f"this is a {plan.task} model, not a {task} model", folder,
                              f"give a model trained with --task {task}")
         get_task(plan.task).check_plan(plan, plan_path)
-        return cls(folder, plan)
+        members = []
+        for name in plan.members:
+            sub = folder / name
+            if not (sub / PLAN_NAME).is_file():
+                raise InputError(f"the ensemble member {name!r} is missing", sub,
+                                 f"train it (medseg train --resume --output {sub}) or remove it "
+                                 "from plan.json's members")
+            m = cls.open(sub)
+            if m.members or (m.task, m.plan.in_channels, m.plan.num_classes) != (
+                    plan.task, plan.in_channels, plan.num_classes):
+                raise InputError(f"ensemble member {name!r} is not a {plan.task} model with "
+                                 f"{plan.in_channels} input(s) and {plan.num_classes} output(s)",
+                                 sub / PLAN_NAME, "give members of one ensemble")
+            members.append(m)
+        return cls(folder, plan, members)
 
     def checkpoint_path(self, which: str = "best") -> Path:
         """``checkpoint_best.pt`` (falls back to the last one before any best), or the last."""
@@ -232,12 +266,14 @@ class ModelFolder:
             InputError: the plan's options do not build it (naming ``plan.json``).
         """
         from medseg.networks import create_model
+        from medseg.networks.heads import add_variance_head
 
         p = self.plan
         try:
-            return create_model(p.model_name, spatial_dims=p.spatial_dims,
-                                in_channels=p.in_channels, num_classes=p.num_classes,
-                                **p.model_options)
+            net = create_model(p.model_name, spatial_dims=p.spatial_dims,
+                               in_channels=p.in_channels, num_classes=p.num_classes,
+                               **p.model_options)
+            return add_variance_head(net) if p.variance_head else net
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"the network options in plan.json do not build "
                              f"{p.model_name!r}: {e}", self.path / PLAN_NAME,
@@ -252,6 +288,8 @@ class ModelFolder:
                 the network the plan describes (naming ``plan.json``).
         """
         dev = resolve_device(device)
+        if self.members:
+            return self.members[0].load_network(checkpoint, device)
         state = load_checkpoint(self.checkpoint_path(checkpoint), map_location=dev)
         model = self.build_network()
         try:
@@ -263,6 +301,17 @@ class ModelFolder:
                              "keep plan.json and the checkpoints of one training run together"
                              ) from None
         return model.to(dev).eval(), dev
+
+    def load_networks(self, checkpoint: str = "best", device: str = "auto"
+                      ) -> tuple[list[torch.nn.Module], torch.device]:
+        """Every member's network (one for a single model), in eval mode on ``device``."""
+        if not self.members:
+            model, dev = self.load_network(checkpoint, device)
+            return [model], dev
+        nets, dev = [], resolve_device(device)
+        for m in self.members:
+            nets.append(m.load_network(checkpoint, device)[0])
+        return nets, dev
 
     def config(self) -> Any:
         """The run's :class:`~medseg.training.config.ExperimentConfig` (``None`` if absent)."""
@@ -281,6 +330,10 @@ class ModelFolder:
                  f"  outputs     {p.num_classes}" + (f" ({', '.join(p.class_names)})"
                                                      if p.class_names else ""),
                  f"  cases       {len(p.train_ids)} training / {len(p.val_ids)} validation"]
+        if p.variance_head:
+            lines.append("  variance    logit log-variance head (aleatoric, U1)")
+        if self.members:
+            lines.append(f"  ensemble    {len(self.members)} members: {', '.join(p.members)}")
         log = self.path / LOG_NAME
         if log.is_file():
             n = max(0, len(log.read_text().splitlines()) - 1)

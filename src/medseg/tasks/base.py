@@ -42,7 +42,7 @@ ENGINE_SETTINGS = frozenset({
     "task", "output_dir", "data.dataset", "model", "optim",
     "train.epochs", "train.steps_per_epoch", "train.batch_size", "train.val_every",
     "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
-    "train.deterministic", "train.max_bad_steps",
+    "train.deterministic", "train.max_bad_steps", "train.ensemble",
 })
 
 #: The settings of ``loss.class_weighting`` (L4), for tasks that use :func:`class_weighting`.
@@ -68,6 +68,13 @@ class PredictRequest:
         overlap: Sliding-window overlap (``None`` = the model's setting).
         save_probabilities: Also write class probabilities (segmentation).
         split: Only this split of a label table (classification).
+        uncertainty: ``None``, or how to sample the prediction for the uncertainty maps and
+            tables (U2-U4): ``"mc"``, ``"mc_decoder"``, ``"ensemble"``, ``"tta"``, or
+            ``"none"`` (the single deterministic prediction: entropy, and the variance head's
+            aleatoric term when the model has one).
+        samples: ``T`` for MC Dropout.
+        seed: Seed of the sampling.
+        per_class: Also write the per-class variance maps ``(C, *spatial)``.
     """
 
     input: Path
@@ -79,6 +86,10 @@ class PredictRequest:
     overlap: float | None = None
     save_probabilities: bool = False
     split: str | None = None
+    uncertainty: str | None = None
+    samples: int = 10
+    seed: int = 0
+    per_class: bool = False
 
 
 @dataclass
@@ -209,15 +220,17 @@ class Task(ABC):
                 model's own message, with where to fix it).
         """
         from medseg.networks import create_model
+        from medseg.networks.heads import add_variance_head
 
         name = self.model_name(cfg)
         try:
-            return create_model(name, spatial_dims=spatial_dims, in_channels=in_channels,
-                                num_classes=num_classes, **dict(cfg.model.options))
+            net = create_model(name, spatial_dims=spatial_dims, in_channels=in_channels,
+                               num_classes=num_classes, **dict(cfg.model.options))
         except (KeyError, TypeError, ValueError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"model {name!r}: {msg}",
                               hint="fix model.name / model.options in the config") from None
+        return add_variance_head(net) if cfg.model.variance_head else net
 
     # ------------------------------------------------------------------ training
     @abstractmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ from medseg.tasks.base import (
 from medseg.tasks.outputs import ClassProbs, MultiLabel
 from medseg.training.config import ExperimentConfig
 from medseg.transforms.augment import Augmenter
+from medseg.uncertainty.decompose import heteroscedastic_ce
 
 
 @dataclass
@@ -107,6 +109,35 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, task: str,
     return masked_bce_with_logits(logits, target.float())
 
 
+def heteroscedastic_bce(logits: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor,
+                        n_samples: int) -> torch.Tensor:
+    """Sampled-logit BCE for independent labels (U1, the multi-label twin of
+    :func:`medseg.uncertainty.decompose.heteroscedastic_ce`).
+
+    Per observed entry ``-log (1/S) sum_s Bernoulli(y | sigmoid(z + sigma eps_s))`` with
+    ``sigma = exp(log_var / 2)``; entries with target ``-1`` (missing, T5) are excluded and the
+    mean runs over observed entries (0 when none is observed).
+
+    Args:
+        logits: ``(B, K)`` logits.
+        log_var: ``(B, K)`` logit log-variances.
+        target: ``(B, K)`` in {0, 1, -1}.
+        n_samples: Noise draws ``S``.
+
+    Returns:
+        Scalar loss.
+    """
+    observed = target >= 0
+    y = target.clamp_min(0.0)
+    z = logits.unsqueeze(0) + torch.exp(0.5 * log_var).unsqueeze(0) * torch.randn(
+        (n_samples, *logits.shape), dtype=logits.dtype, device=logits.device)
+    logp = -torch.nn.functional.binary_cross_entropy_with_logits(
+        z, y.unsqueeze(0).expand_as(z), reduction="none")
+    nll = -(torch.logsumexp(logp, 0) - math.log(n_samples))
+    w = observed.to(nll.dtype)
+    return (w * nll).sum() / w.sum().clamp_min(1.0)
+
+
 @torch.inference_mode()
 def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
                        batch_size: int = 64) -> ClassProbs | MultiLabel:
@@ -118,6 +149,8 @@ def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device:
     try:
         for i in range(0, len(x), batch_size):
             logits = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device))
+            if isinstance(logits, tuple):  # a variance head's (logits, log_var)
+                logits = logits[0]
             out.append(logits.float().cpu())
     finally:
         model.train(was)
@@ -160,7 +193,17 @@ class ClassificationTrainer(TaskTrainer):
         x, y = batch
         y = y.to(self.device)
         weights = self.acw.weights.to(self.device) if self.acw is not None else self.weights
-        logits = net(x.to(self.device)).float()
+        out = net(x.to(self.device))
+        if isinstance(out, tuple):  # variance head (U1): the sampled-logit loss
+            logits, log_var = out[0].float(), out[1].float()
+            s = self.cfg.model.variance_samples
+            if self.data.task == "single":
+                loss = heteroscedastic_ce(logits[..., None], log_var[..., None],
+                                          y.long()[..., None], s)
+            else:
+                loss = heteroscedastic_bce(logits, log_var, y.float(), s)
+            return loss, (logits, y)
+        logits = out.float()
         return classification_loss(logits, y, self.data.task, weights), (logits, y)
 
     def after_step(self, batch: Any, output: Any) -> None:
@@ -281,31 +324,96 @@ def _inputs(path: Path, split: str | None) -> tuple[list[str], list[np.ndarray] 
     return ds.ids, load_images(ds), ds
 
 
+@torch.inference_mode()
+def sample_classifier(models: list[torch.nn.Module], x: np.ndarray, task: str,
+                      device: torch.device, method: str, n_samples: int = 10, seed: int = 0,
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``T`` probability samples of every image: ``(T, N, K)`` (and logit variances or None).
+
+    See :func:`medseg.uncertainty.samplers.sample_probs` for the methods.
+    """
+    from medseg.uncertainty.samplers import sample_probs
+
+    act = "softmax" if task == "single" else "sigmoid"
+    probs, variances = [], []
+    for k, i in enumerate(range(0, len(x), batch_size)):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
+        try:
+            p, v = sample_probs(models, xb, method, n_samples, seed=seed * 100003 + k,
+                                activation=act)
+        except ValueError as e:
+            raise InputError(str(e), hint="choose another --uncertainty method") from None
+        probs.append(p.cpu())
+        variances.append(None if v is None else v.cpu())
+    var = None if variances[0] is None else torch.cat(variances, 1)  # type: ignore[arg-type]
+    return torch.cat(probs, 1), var
+
+
+def uncertainty_columns(task: str, names: list[str]) -> list[str]:
+    """The uncertainty columns of ``predictions.csv``: per image for single-label (variances
+    of the predicted class), per label for multi-label."""
+    from medseg.uncertainty.maps import SCALAR_TERMS
+
+    if task == "single":
+        return [*SCALAR_TERMS]
+    return [f"{t}_{n}" for n in names for t in SCALAR_TERMS]
+
+
 def predict_classification(folder: ModelFolder, input_path: str | Path,
                            output_dir: str | Path, split: str | None = None,
                            checkpoint: str = "best", device: str = "auto",
-                           log: Log = print) -> Path:
-    """Write ``predictions.csv`` for every case of ``input_path``; returns its path."""
+                           log: Log = print, request: PredictRequest | None = None) -> Path:
+    """Write ``predictions.csv`` for every case of ``input_path``; returns its path.
+
+    An ensemble folder predicts the mean of its members. With ``request.uncertainty`` the
+    prediction is the mean of ``T`` samples and the columns of :func:`uncertainty_columns`
+    (entropies in nats, the variance split of the predicted class's probability) follow it.
+    """
+    from medseg.uncertainty.maps import SCALAR_TERMS, uncertainty_maps
+
     plan = folder.plan
-    model, dev = folder.load_network(checkpoint, device)
+    task = plan["label_task"]
+    models, dev = folder.load_networks(checkpoint, device)
     ids, imgs, _ = _inputs(Path(input_path), split)
     x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
     if x.shape[1] != plan.in_channels:
         raise InputError(f"images have {x.shape[1]} channel(s), the model expects "
                          f"{plan.in_channels}", input_path)
-    out_probs = predict_classifier(model, x, plan["label_task"], dev)
+    method = request.uncertainty if request is not None else None
+    maps = None
+    if method:
+        samples, var = sample_classifier(models, x, task, dev, method, request.samples,
+                                         request.seed)
+        maps = uncertainty_maps(samples.permute(0, 2, 1),
+                                None if var is None else var.permute(0, 2, 1),
+                                "softmax" if task == "single" else "sigmoid")
+        mean = maps["mean"].T
+        out_probs: ClassProbs | MultiLabel = ClassProbs(mean) if task == "single" else \
+            MultiLabel(mean)
+    else:
+        parts = [predict_classifier(m, x, task, dev) for m in models]
+        mean = torch.stack([torch.from_numpy(probabilities(p)) for p in parts]).mean(0)
+        out_probs = ClassProbs(mean) if task == "single" else MultiLabel(mean)
     probs = probabilities(out_probs)
     names = plan.class_names
     hard = out_probs.hard().numpy()
+    extra = uncertainty_columns(task, names) if maps is not None else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", *[f"p_{n}" for n in names], "prediction"])
+    w.writerow(["id", *[f"p_{n}" for n in names], "prediction", *extra])
     for i, cid in enumerate(ids):
-        if plan["label_task"] == "single":
+        if task == "single":
             pred = names[int(hard[i])]
         else:
             pred = ";".join(n for n, h in zip(names, hard[i], strict=True) if h)
-        w.writerow([cid, *[f"{p:.6f}" for p in probs[i]], pred])
+        unc: list[str] = []
+        if maps is not None:
+            if task == "single":
+                unc = [f"{float(maps[t][i]):.6g}" for t in SCALAR_TERMS]
+            else:
+                unc = [f"{float(maps[t][k, i]):.6g}" for k in range(len(names))
+                       for t in SCALAR_TERMS]
+        w.writerow([cid, *[f"{p:.6f}" for p in probs[i]], pred, *unc])
     out = Path(output_dir) / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, buf.getvalue())
@@ -446,7 +554,7 @@ class ClassificationTask(Task):
     def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
         return [predict_classification(folder, request.input, request.output,
                                        split=request.split, checkpoint=request.checkpoint,
-                                       device=request.device, log=log)]
+                                       device=request.device, log=log, request=request)]
 
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
         return evaluate_classification_files(request.pred, request.ref, request.output,

@@ -59,12 +59,15 @@ from medseg.tasks.segmentation import (
     SegmentationTask,
     collect_inputs,
     output_suffix,
+    write_uncertainty_maps,
 )
 from medseg.training.config import ExperimentConfig
+from medseg.uncertainty.maps import uncertainty_maps
 
 INSTANCE_SUFFIX = "_instances"
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-INSTANCE_TABLE_COLUMNS = ("id", "class", "score", "area_voxels", "area_mm2", "volume_mm3")
+INSTANCE_TABLE_COLUMNS = ("id", "class", "score", "area_voxels", "area_mm2", "volume_mm3",
+                          "uncertainty")
 
 
 def _instance_inputs(path: Path, in_channels: int) -> list[tuple[str, Any]]:
@@ -76,10 +79,20 @@ def _instance_inputs(path: Path, in_channels: int) -> list[tuple[str, Any]]:
 
 
 def instance_table(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
-                   spacing: tuple[float, ...] | None) -> list[dict[str, Any]]:
-    """One row per instance ``1..N`` of ``labels`` (areas in voxels and, with spacing, mm)."""
+                   spacing: tuple[float, ...] | None,
+                   uncertainty: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One row per instance ``1..N`` of ``labels`` (areas in voxels and, with spacing, mm).
+
+    With an ``uncertainty`` map (e.g. the mutual information, ``labels``' shape) each row gets
+    its mean inside the instance (``uncertainty``), beside the confidence ``score``.
+    """
     n = int(classes.size)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1]
+    unc = None
+    if uncertainty is not None:
+        sums = np.bincount(labels.ravel(), weights=uncertainty.ravel().astype(np.float64),
+                           minlength=n + 1)[1:n + 1]
+        unc = sums / np.maximum(areas, 1)
     vox = float(np.prod(spacing)) if spacing is not None else math.nan
     rows = []
     for i in range(n):
@@ -88,22 +101,26 @@ def instance_table(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                      "area_voxels": int(areas[i]),
                      "area_mm2": mm if labels.ndim == 2 else None,
                      "volume_mm3": mm if labels.ndim == 3 else None})
+        if unc is not None:
+            rows[-1]["uncertainty"] = round(float(unc[i]), 6)
     return rows
 
 
 def _table_csv(rows: list[dict[str, Any]]) -> str:
+    cols = [c for c in INSTANCE_TABLE_COLUMNS
+            if c != "uncertainty" or any("uncertainty" in r for r in rows)]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(INSTANCE_TABLE_COLUMNS), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in INSTANCE_TABLE_COLUMNS})
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in cols})
     return buf.getvalue()
 
 
 def predict_instances(model: SegmentationModel, input_path: str | Path, output_dir: str | Path,
                       fmt: str = "auto", tta: bool | None = None, overlap: float | None = None,
                       params: PostprocessParams | None = None,
-                      log: Log = print) -> list[Path]:
+                      log: Log = print, request: PredictRequest | None = None) -> list[Path]:
     """Predict the instances of every case under ``input_path``.
 
     Args:
@@ -135,8 +152,15 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         image, meta = read_image(src if not isinstance(src, list) else list(src))
         if cin == 1 and image.shape[0] > 1:
             image = to_grey(image)
-        probs = model.predict(image, meta, tta=tta, overlap=overlap)
-        inst = probs_to_instances(probs.probs, prm)
+        maps = None
+        if request is not None and request.uncertainty:
+            samples, var = model.predict_samples(image, meta, request.uncertainty,
+                                                 request.samples, request.seed, overlap)
+            maps = uncertainty_maps(samples, var)
+            inst = probs_to_instances(maps["mean"], prm)
+        else:
+            probs = model.predict(image, meta, tta=tta, overlap=overlap)
+            inst = probs_to_instances(probs.probs, prm)
         labels = inst.to_label_map().numpy()
         suffix = output_suffix(src, fmt)
         if suffix in _RASTER and labels.ndim == 3 and fmt == "png":
@@ -151,7 +175,10 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
             write_image(dest, labels.astype(np.int32), meta, dtype=np.int32)
         physical = not dest.name.lower().endswith(_RASTER)
         spacing = tuple(meta.spacing[: labels.ndim]) if physical else None
-        rows = instance_table(labels, inst.classes.numpy(), inst.scores.numpy(), spacing)
+        rows = instance_table(labels, inst.classes.numpy(), inst.scores.numpy(), spacing,
+                              None if maps is None else maps["mutual_information"].numpy())
+        if maps is not None:
+            write_uncertainty_maps(out, name, maps, meta, request.per_class)
         base = out / f"{name}{INSTANCE_SUFFIX}"
         atomic_write_text(base.with_name(base.name + ".csv"), _table_csv(rows))
         doc = {"format": "medseg-instances/1", "case": name, "label_map": dest.name,
@@ -309,7 +336,8 @@ class InstanceTask(SegmentationTask):
     def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
         model = SegmentationModel.load(folder, request.checkpoint, request.device)
         files = predict_instances(model, request.input, request.output, fmt=request.format,
-                                  tta=request.tta, overlap=request.overlap, log=log)
+                                  tta=request.tta, overlap=request.overlap, log=log,
+                                  request=request)
         log(f"{len(files)} instance prediction(s) written to {request.output}")
         return files
 

@@ -473,6 +473,10 @@ class RestorationTask(Task):
         return tuple(int(p) for p in cfg.train.patch_size) if cfg.train.patch_size else None
 
     def build_model(self, cfg: ExperimentConfig, data: Any) -> torch.nn.Module:
+        if cfg.model.variance_head:
+            raise ConfigError("model.variance_head is for segmentation and classification; the "
+                              "restoration likelihoods already model the noise",
+                              hint="remove model.variance_head")
         model = self.build_network(cfg, data[0].spatial_dims, 1, 1)
         zero_output_layer(model)
         return model

@@ -75,6 +75,8 @@ from medseg.tasks.base import (
 from medseg.tasks.outputs import ObservationMask, SegProbs
 from medseg.training.augmentation import make_augmenter
 from medseg.training.config import ExperimentConfig
+from medseg.uncertainty.decompose import heteroscedastic_ce
+from medseg.uncertainty.maps import SCALAR_TERMS, uncertainty_maps
 
 ImageSource = Path | tuple[Path, ...]
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -284,6 +286,15 @@ class SegmentationTrainer(TaskTrainer):
         if ds_weights is None:
             ds_weights = getattr(model, "deep_supervision_weights", None)
         self.ds_loss_fn = DeepSupervisionLoss(self.loss_fn, ds_weights)
+        self.dice_fn = None
+        if cfg.model.variance_head:  # U1: Dice + heteroscedastic (sampled-logit) CE
+            if cfg.loss.class_weighting != "none":
+                raise ConfigError("model.variance_head and loss.class_weighting do not combine "
+                                  "(the sampled-logit CE has no class weights)",
+                                  hint="set one of them only")
+            self.dice_fn = DiceCELoss(w_dice=1.0, w_ce=0.0, eps=lc.eps,
+                                      batch_dice=lc.batch_dice,
+                                      include_background=lc.include_background).to(device)
 
     def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> PatchBatchLoader:
         return make_epoch_loader(self.data, self.cfg, epoch, seed=seed, rank=rank,
@@ -298,11 +309,25 @@ class SegmentationTrainer(TaskTrainer):
         if self.acw is not None:
             self.loss_fn.class_weights = self.acw.weights.to(self.device)
         logits = net(img)
+        if self.dice_fn is not None:
+            return self._heteroscedastic_loss(logits, target, mask), (logits[0], target, mask)
         if isinstance(logits, list | tuple):  # deep supervision (L6)
             loss = self.ds_loss_fn([o.float() for o in logits], target, mask)
         else:
             loss = self.loss_fn(logits.float(), target, mask)
         return loss, (logits, target, mask)
+
+    def _heteroscedastic_loss(self, out: Any, target: torch.Tensor,
+                              mask: torch.Tensor | None) -> torch.Tensor:
+        logits, log_var = out
+        if isinstance(logits, list):
+            raise ConfigError("model.variance_head does not combine with deep supervision yet",
+                              hint="set model.options.deep_supervision=false")
+        logits, log_var = logits.float(), log_var.float()
+        lc = self.cfg.loss
+        ce = heteroscedastic_ce(logits, log_var, target, self.cfg.model.variance_samples,
+                                mask=mask)
+        return lc.dice_weight * self.dice_fn(logits, target, mask) + lc.ce_weight * ce
 
     def after_step(self, batch: Any, output: Any) -> None:
         if self.acw is not None:
@@ -334,19 +359,19 @@ class SegmentationTrainer(TaskTrainer):
 # ====================================================================== prediction
 @dataclass
 class SegmentationModel:
-    """A segmentation model folder's network with its preprocessing plan, ready to predict.
+    """A segmentation model folder's network(s) with the preprocessing plan, ready to predict.
 
     Attributes:
         folder: The model folder.
-        model: The network in eval mode.
+        models: The network in eval mode, or an ensemble's members (averaged).
         plan: The preprocessing plan used in training.
         info: The folder's :class:`~medseg.model_folder.Plan` (classes, patch size, inference
             defaults...).
-        device: Where the network runs.
+        device: Where the networks run.
     """
 
     folder: Path
-    model: torch.nn.Module
+    models: list[torch.nn.Module]
     plan: PreprocessPlan
     info: Plan
     device: torch.device
@@ -354,7 +379,7 @@ class SegmentationModel:
     @classmethod
     def load(cls, folder: str | Path | ModelFolder, checkpoint: str = "best",
              device: str = "auto") -> SegmentationModel:
-        """Load a segmentation (or instance) model folder.
+        """Load a segmentation (or instance) model folder, an ensemble's members included.
 
         Raises:
             InputError: not a model folder, a bad ``plan.json``, or a corrupt checkpoint.
@@ -363,9 +388,14 @@ class SegmentationModel:
         if mf.task not in ("segmentation", "instance"):
             raise InputError(f"this is a {mf.task} model, not a segmentation model", mf.path,
                              "give a model trained on label maps")
-        model, dev = mf.load_network(checkpoint, device)
-        return cls(mf.path, model, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
+        models, dev = mf.load_networks(checkpoint, device)
+        return cls(mf.path, models, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
                    dev)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (first) network."""
+        return self.models[0]
 
     @property
     def num_classes(self) -> int:
@@ -391,18 +421,11 @@ class SegmentationModel:
             f"predict {'/'.join(sorted(trained))} images with this model (its intensity "
             "normalisation and learnt appearance are modality-specific)")
 
-    def predict(self, image: np.ndarray, meta: ImageMeta, tta: bool | None = None,
-                overlap: float | None = None) -> SegProbs:
-        """Class probabilities on the input's own grid.
+    def network_input(self, image: np.ndarray, meta: ImageMeta) -> torch.Tensor:
+        """Check an image as read and preprocess it onto the network's grid, ``(C, *spatial')``.
 
-        Args:
-            image: ``(C, *spatial)`` as read by :func:`medseg.io.read_image`.
-            meta: Its geometry.
-            tta: Flip test-time augmentation (default: the model's setting).
-            overlap: Window overlap (default: the model's setting).
-
-        Returns:
-            :class:`SegProbs` with ``(num_classes, *spatial)`` float32 probabilities on CPU.
+        Raises:
+            InputError: NaN voxels, another dimensionality or modality (naming the file).
         """
         src = meta.source[0] if meta.source else None
         if not np.isfinite(image).all():
@@ -417,16 +440,89 @@ class SegmentationModel:
                 f"{dims}D data")
         self.check_modality(meta)
         x, _ = preprocess_image(image, meta, self.plan)
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def predict(self, image: np.ndarray, meta: ImageMeta, tta: bool | None = None,
+                overlap: float | None = None) -> SegProbs:
+        """Class probabilities on the input's own grid (an ensemble's mean).
+
+        Args:
+            image: ``(C, *spatial)`` as read by :func:`medseg.io.read_image`.
+            meta: Its geometry.
+            tta: Flip test-time augmentation (default: the model's setting).
+            overlap: Window overlap (default: the model's setting).
+
+        Returns:
+            :class:`SegProbs` with ``(num_classes, *spatial)`` float32 probabilities on CPU.
+        """
+        x = self.network_input(image, meta)
         inf = self.info["inference"]
-        probs = predict_probs(
-            self.model, torch.from_numpy(np.ascontiguousarray(x))[None],
-            roi_size=tuple(self.info["patch_size"]),
+        probs = sum(predict_probs(
+            m, x[None], roi_size=tuple(self.info["patch_size"]),
             overlap=inf["overlap"] if overlap is None else overlap,
             sw_batch_size=inf["sw_batch_size"], tta=inf["tta"] if tta is None else tta,
             device=self.device, output_device="cpu",
             sigma_scale=float(inf.get("sigma_scale", 0.125)),
-        )[0]
-        return SegProbs(restore_probabilities(probs, self.plan, meta))
+        )[0] for m in self.models)
+        return SegProbs(restore_probabilities(probs / len(self.models), self.plan, meta))
+
+    def predict_samples(self, image: np.ndarray, meta: ImageMeta, method: str,
+                        n_samples: int = 10, seed: int = 0, overlap: float | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``T`` probability samples on the input's grid, sampled inside the sliding window.
+
+        Every window is sampled ``T`` times (MC Dropout passes batched, ensemble members, or
+        flips; :func:`medseg.uncertainty.samplers.sample_probs`); each sample's windows are
+        stitched with the same Gaussian weights as a plain prediction, so sample ``t`` is a
+        whole-image probability field.
+
+        Returns:
+            ``(probs, logit_var)``: ``(T, C, *spatial)`` float32 on CPU, and the variance head's
+            ``(T, C, *spatial)`` logit variances (or ``None``).
+
+        Raises:
+            InputError: as :meth:`network_input`; MC asked of a network without dropout; an
+                ensemble asked of a single model.
+        """
+        from medseg.inference.sliding_window import sliding_window_inference
+        from medseg.uncertainty.samplers import n_samples_of, sample_probs
+
+        x = self.network_input(image, meta)
+        if method == "ensemble" and len(self.models) < 2:
+            raise InputError("--uncertainty ensemble needs an ensemble model folder", self.folder,
+                             "train one with medseg train --ensemble M, or use mc or tta")
+        models = self.models if method == "ensemble" else self.models[:1]
+        t = n_samples_of(method, n_samples, len(self.models), self.plan.spatial_dims)
+        c, head = self.num_classes, self.info.variance_head
+        calls = [0]
+
+        def predictor(win: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            try:
+                p, v = sample_probs(models, win, method, n_samples, seed=seed * 100003 + calls[0])
+            except ValueError as e:
+                raise InputError(str(e), self.folder, "choose another --uncertainty method"
+                                 ) from None
+            parts = [p.transpose(0, 1).reshape(win.shape[0], t * c, *win.shape[2:])]
+            if v is not None:
+                parts.append(v.transpose(0, 1).reshape(win.shape[0], t * c, *win.shape[2:]))
+            return torch.cat(parts, 1)
+
+        inf = self.info["inference"]
+        for m in models:
+            m.to(self.device).eval()
+        with torch.inference_mode():
+            field_ = sliding_window_inference(
+                x[None].float(), predictor, tuple(self.info["patch_size"]),
+                overlap=inf["overlap"] if overlap is None else overlap,
+                sw_batch_size=inf["sw_batch_size"],
+                sigma_scale=float(inf.get("sigma_scale", 0.125)), device=self.device,
+                output_device="cpu")[0]
+        restored = restore_probabilities(field_, self.plan, meta)
+        spatial = restored.shape[1:]
+        probs = restored[:t * c].reshape(t, c, *spatial)
+        var = restored[t * c:].reshape(t, c, *spatial) if head else None
+        return probs, var
 
 
 def _case_name(src: ImageSource) -> str:
@@ -491,6 +587,92 @@ def output_suffix(src: ImageSource | list, fmt: str) -> str:
     return ".nii.gz"
 
 
+#: Columns of ``uncertainty.csv`` (one row per case and foreground class).
+UNCERTAINTY_COLUMNS = (
+    "case", "class", "method", "samples", "volume", "volume_unit", "volume_sample_mean",
+    "volume_sample_std", "volume_low", "volume_high",
+    *[f"{t}_{w}" for t in SCALAR_TERMS for w in ("structure", "image")],
+)
+_RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Tensor,
+                     class_names: list[str], spacing: tuple[float, ...] | None, method: str
+                     ) -> list[dict[str, Any]]:
+    """Per foreground class: the structure's volume with its interval over the samples, and the
+    mean of every uncertainty term inside the predicted structure and over the image.
+
+    Args:
+        case: Case name.
+        maps: :func:`medseg.uncertainty.maps.uncertainty_maps` of the case.
+        samples: ``(T, C, *spatial)`` the probability samples (their arg-max volumes give the
+            interval: 2.5% and 97.5% quantiles, sample mean and standard deviation).
+        class_names: One name per class.
+        spacing: Voxel size in mm per axis, or ``None`` (raster images: volumes in pixels).
+        method: The sampling method (recorded).
+    """
+    pred = maps["predicted"]
+    unit_vol = float(np.prod(spacing)) if spacing is not None else 1.0
+    unit = ("mm^2" if pred.ndim == 2 else "mm^3") if spacing is not None else (
+        "pixels" if pred.ndim == 2 else "voxels")
+    hard = samples.argmax(1)  # (T, *spatial)
+    rows = []
+    for c in range(1, len(class_names)):
+        inside = pred == c
+        vols = (hard == c).flatten(1).sum(1).double() * unit_vol
+        row: dict[str, Any] = {
+            "case": case, "class": class_names[c], "method": method,
+            "samples": int(samples.shape[0]), "volume": float(inside.sum()) * unit_vol,
+            "volume_unit": unit, "volume_sample_mean": float(vols.mean()),
+            "volume_sample_std": float(vols.std(correction=1)) if len(vols) > 1 else 0.0,
+            "volume_low": float(torch.quantile(vols, 0.025)),
+            "volume_high": float(torch.quantile(vols, 0.975))}
+        for term in SCALAR_TERMS:
+            m = maps[term].double()
+            row[f"{term}_structure"] = float(m[inside].mean()) if inside.any() else None
+            row[f"{term}_image"] = float(m.mean())
+        rows.append(row)
+    return rows
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """A CSV (atomically), empty cells for ``None``."""
+    import csv
+    import io
+
+    from medseg.io.atomic import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n",
+                       extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_uncertainty_maps(out: Path, name: str, maps: dict[str, torch.Tensor],
+                           meta: ImageMeta, per_class: bool) -> list[Path]:
+    """Float32 NIfTI maps with the input's geometry: ``<case>_<term>.nii.gz`` for each scalar
+    term (and ``<case>_<term>_per_class.nii.gz`` ``(C, *spatial)`` with ``per_class``)."""
+    files = []
+    keys = list(SCALAR_TERMS) + (["logit_variance"] if "logit_variance" in maps else [])
+    for term in keys:
+        arr = maps[term]
+        if term == "logit_variance":  # of the predicted class
+            arr = arr.gather(0, maps["predicted"].unsqueeze(0))[0]
+        dest = out / f"{name}_{term}.nii.gz"
+        write_image(dest, arr.numpy().astype(np.float32)[None], meta, dtype=np.float32)
+        files.append(dest)
+    if per_class:
+        for term in ("aleatoric_variance", "epistemic_variance", "total_variance"):
+            dest = out / f"{name}_{term}_per_class.nii.gz"
+            write_image(dest, maps[f"{term}_c"].numpy().astype(np.float32), meta,
+                        dtype=np.float32)
+            files.append(dest)
+    return files
+
+
 def predict_inputs(
     model: SegmentationModel,
     input_path: str | Path,
@@ -500,8 +682,13 @@ def predict_inputs(
     overlap: float | None = None,
     save_probabilities: bool = False,
     log: Log = print,
+    uncertainty: PredictRequest | None = None,
 ) -> list[Path]:
     """Predict every case under ``input_path`` and write label maps into ``output_dir``.
+
+    With ``uncertainty`` (a request whose ``uncertainty`` names a method) the label map is the
+    arg-max of the samples' mean, the maps of :func:`write_uncertainty_maps` are written beside
+    it, and ``uncertainty.csv`` gets a row per case and foreground class.
 
     Returns:
         The written label files, in case order.
@@ -513,20 +700,37 @@ def predict_inputs(
     out = Path(output_dir)
     cases = collect_inputs(input_path, model.plan.in_channels)
     written: list[Path] = []
+    rows: list[dict[str, Any]] = []
     for i, (name, src) in enumerate(cases):
         image, meta = read_image(src if not isinstance(src, list) else list(src))
-        probs = model.predict(image, meta, tta=tta, overlap=overlap)
-        labels = probs.hard().labels.numpy().astype(
-            np.uint8 if model.num_classes < 256 else np.uint16)
-        dest = out / f"{name}{output_suffix(src, fmt)}"
+        suffix = output_suffix(src, fmt)
+        if uncertainty is not None and uncertainty.uncertainty:
+            samples, var = model.predict_samples(image, meta, uncertainty.uncertainty,
+                                                 uncertainty.samples, uncertainty.seed, overlap)
+            maps = uncertainty_maps(samples, var)
+            probs = SegProbs(maps["mean"])
+            labels_t = maps["predicted"]
+        else:
+            probs = model.predict(image, meta, tta=tta, overlap=overlap)
+            labels_t = probs.hard().labels
+        labels = labels_t.numpy().astype(np.uint8 if model.num_classes < 256 else np.uint16)
+        dest = out / f"{name}{suffix}"
         if dest.suffix == ".png" and labels.ndim != 2:
             dest = out / f"{name}.nii.gz"
         write_label(dest, labels, meta)
         if save_probabilities:
             write_image(out / f"{name}_probabilities.nii.gz", probs.probs.numpy(), meta,
                         dtype=np.float32)
+        if uncertainty is not None and uncertainty.uncertainty:
+            write_uncertainty_maps(out, name, maps, meta, uncertainty.per_class)
+            physical = not dest.name.lower().endswith(_RASTER)
+            spacing = tuple(meta.spacing[: labels.ndim]) if physical else None
+            rows += uncertainty_rows(name, maps, samples, list(model.info.class_names),
+                                     spacing, uncertainty.uncertainty)
         written.append(dest)
         log(f"  [{i + 1}/{len(cases)}] {name} -> {dest}")
+    if rows:
+        write_rows_csv(out / "uncertainty.csv", rows, UNCERTAINTY_COLUMNS)
     return written
 
 
@@ -770,7 +974,8 @@ class SegmentationTask(Task):
         model = SegmentationModel.load(folder, request.checkpoint, request.device)
         files = predict_inputs(model, request.input, request.output, fmt=request.format,
                                tta=request.tta, overlap=request.overlap,
-                               save_probabilities=request.save_probabilities, log=log)
+                               save_probabilities=request.save_probabilities, log=log,
+                               uncertainty=request)
         log(f"{len(files)} prediction(s) written to {request.output}")
         return files
 

@@ -76,12 +76,22 @@ class PreprocessConfig:
 class ModelConfig:
     """Which registered network and its constructor options (``medseg.networks``).
 
-    ``name="auto"`` means ``unet`` for segmentation and ``resnet_classifier`` for
-    classification (:meth:`ExperimentConfig.model_name`).
+    ``name="auto"`` means the task's default network (``unet`` for segmentation,
+    ``resnet_classifier`` for classification; :meth:`ExperimentConfig.model_name`).
+
+    Attributes:
+        name: Registered network name.
+        options: Its constructor options.
+        variance_head: Give the network a per-pixel (per-image) logit log-variance head and
+            train it with the sampled-logit heteroscedastic loss (U1, "learned loss
+            attenuation"); prediction then reports the aleatoric term from it.
+        variance_samples: Logit-noise draws per pixel in that loss.
     """
 
     name: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+    variance_head: bool = False
+    variance_samples: int = 10
 
 
 @dataclass
@@ -185,6 +195,8 @@ class TrainConfig:
         deterministic: Ask torch for deterministic algorithms.
         max_bad_steps: Steps in a row with a non-finite loss or gradient norm (each skipped,
             never applied) after which training stops with an error.
+        ensemble: Members of a deep ensemble (U3) trained into one model folder
+            (``member_<k>/``, seed ``seed + k``); 1 = a single model.
     """
 
     epochs: int = 50
@@ -201,9 +213,10 @@ class TrainConfig:
     prefetch: bool = True
     deterministic: bool = False
     max_bad_steps: int = 5
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.fg_oversample <= 1.0:

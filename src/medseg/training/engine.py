@@ -186,6 +186,115 @@ def check_output_folder(cfg: ExperimentConfig, resume: bool
     return cfg, out, last_path
 
 
+def _saved_ensemble(cfg: ExperimentConfig) -> int:
+    saved = Path(cfg.output_dir) / CONFIG_NAME
+    return ExperimentConfig.load(saved).train.ensemble if saved.is_file() else 1
+
+
+def member_name(k: int) -> str:
+    """The sub-folder of ensemble member ``k``."""
+    return f"member_{k}"
+
+
+def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
+                   log: Callable[[str], None] | None = None,
+                   members: list[int] | None = None) -> TrainResult:
+    """Train a deep ensemble (U3): ``train.ensemble`` members into one model folder.
+
+    Member ``k`` is a complete model folder ``<output>/member_<k>/`` trained by :func:`train`
+    with seed ``train.seed + k`` (so it can also be resumed or retrained alone); the members
+    run in sequence here, or as separate jobs (``members=[k]``, ``medseg train --member k``,
+    e.g. one per GPU or torchrun job). When every member is complete the folder's own
+    ``plan.json`` lists them, and prediction averages them.
+
+    Args:
+        cfg: The configuration (``train.ensemble`` = number of members).
+        resume: Continue: complete members are kept, interrupted ones resumed, missing ones
+            trained.
+        log: Progress lines.
+        members: Train only these members (default: all).
+
+    Returns:
+        The last member's :class:`TrainResult` with ``best_metric`` the members' mean (or the
+        interrupted member's result).
+
+    Raises:
+        InputError: the folder holds a model already (without ``resume``).
+    """
+    from medseg.model_folder import ModelFolder, write_plan
+
+    out = Path(cfg.output_dir)
+    one_job = members is not None  # one of several jobs training an ensemble's members
+    if resume or (one_job and (out / CONFIG_NAME).is_file()):
+        if not (out / CONFIG_NAME).is_file():
+            raise InputError("nothing to resume: no config.yaml", out, "start without --resume")
+        saved = ExperimentConfig.load(out / CONFIG_NAME)
+        if one_job and not resume and saved.to_dict() != {**cfg.to_dict(),
+                                                          "output_dir": saved.output_dir}:
+            raise InputError("the ensemble folder was started with another configuration", out,
+                             "train its members with the same flags, or choose another folder")
+        cfg = saved
+        cfg.output_dir = str(out)
+    elif (out / CONFIG_NAME).exists() or (out / LAST_NAME).exists():
+        raise InputError("the output folder already holds a trained model", out,
+                         "pass --resume to continue it, or choose another --output folder "
+                         "(medseg never overwrites a model)")
+    n = cfg.train.ensemble
+    todo = list(range(n)) if members is None else members
+    bad = [k for k in todo if not 0 <= k < n]
+    if bad:
+        raise ConfigError(f"ensemble member {bad[0]} does not exist (train.ensemble = {n})",
+                          hint=f"give a member between 0 and {n - 1}")
+    say = log or print
+    if not (out / CONFIG_NAME).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / CONFIG_NAME)
+    results = []
+    for k in todo:
+        sub = out / member_name(k)
+        mcfg = ExperimentConfig.from_dict(cfg.to_dict())
+        mcfg.output_dir, mcfg.train.seed, mcfg.train.ensemble = str(sub), cfg.train.seed + k, 1
+        again = (sub / LAST_NAME).is_file()
+        if again and not resume and one_job:
+            raise InputError(f"ensemble member {k} is already trained", sub,
+                             "pass --resume to continue it, or train another member")
+        if again:
+            ck = load_checkpoint(sub / LAST_NAME)
+            if int(ck["epoch"]) + 1 >= int(ck["planned_epochs"]):
+                say(f"ensemble member {k + 1}/{n}: complete, kept")
+                results.append(float(ck.get("best_metric", math.nan)))
+                continue
+        say(f"ensemble member {k + 1}/{n} (seed {mcfg.train.seed})")
+        res = train(mcfg, resume=again, log=log)
+        if res.interrupted or not res.is_main:
+            return res
+        results.append(res.best_metric)
+    done = [k for k in range(n) if (out / member_name(k) / LAST_NAME).is_file()
+            and _complete(out / member_name(k))]
+    if len(done) == n:
+        first = ModelFolder.open(out / member_name(0))
+        plan = first.plan
+        plan.members = [member_name(k) for k in range(n)]
+        plan.entries = {**plan.entries, "ensemble": {"kind": "seeds", "members": n,
+                                                     "seeds": [cfg.train.seed + k
+                                                               for k in range(n)]}}
+        write_plan(plan, out)
+        say(f"ensemble of {n} written to {out}")
+    else:
+        say(f"ensemble: {len(done)}/{n} members complete; train the others with --member K")
+    task_name = cfg.task
+    from medseg.tasks import get_task
+
+    task = get_task(task_name)
+    best = float(np.mean(results)) if results else math.nan
+    return TrainResult(out, cfg.train.epochs, best, task.key_metric, task.metric_label)
+
+
+def _complete(folder: Path) -> bool:
+    ck = load_checkpoint(folder / LAST_NAME)
+    return int(ck["epoch"]) + 1 >= int(ck["planned_epochs"])
+
+
 def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values()
                if torch.is_tensor(p) and p.is_floating_point())
@@ -212,6 +321,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
     """
     from medseg.tasks import get_task
 
+    if cfg.train.ensemble > 1 or (resume and _saved_ensemble(cfg) > 1):
+        return train_ensemble(cfg, resume, log)
     cfg, out, last_path = check_output_folder(cfg, resume)
     try:
         task = get_task(cfg.task)
@@ -252,6 +363,7 @@ class _Run:
         self.model = task.build_model(cfg, data).to(device)
         self.trainer = task.trainer(cfg, data, self.model, device, say)
         plan = task.plan(cfg, data)
+        plan.variance_head = cfg.model.variance_head
         self.optimizer = build_optimizer(cfg, self.model)
         self.use_amp = cfg.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)

@@ -29,6 +29,7 @@ def build_train_config(a: argparse.Namespace) -> ExperimentConfig:
         "train.steps_per_epoch": a.steps_per_epoch, "train.batch_size": a.batch_size,
         "train.patch_size": a.patch_size, "train.max_minutes": a.max_minutes,
         "train.seed": a.seed, "train.device": a.device, "task": a.task,
+        "train.ensemble": a.ensemble,
     }
     for key, val in flags.items():
         if val is None:
@@ -50,7 +51,17 @@ def cmd_train(a: argparse.Namespace) -> int:
         from medseg.errors import ConfigError
 
         raise ConfigError("--resume needs the model folder", hint="pass --output MODEL_DIR")
-    result = train(cfg, resume=a.resume)
+    if a.member is not None:
+        from medseg.training.engine import train_ensemble
+
+        if cfg.train.ensemble < 2:
+            from medseg.errors import ConfigError
+
+            raise ConfigError("--member needs --ensemble M (M >= 2)",
+                              hint="pass --ensemble M with --member K")
+        result = train_ensemble(cfg, resume=a.resume, members=[a.member])
+    else:
+        result = train(cfg, resume=a.resume)
     if result.interrupted:
         return 130
     if result.is_main:  # under torchrun only rank 0 reports (it alone validates and saves)
@@ -66,11 +77,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from medseg.tasks import get_task
     from medseg.tasks.base import PredictRequest
 
+    if a.samples < 1:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"--samples must be >= 1, got {a.samples}", hint="pass --samples 10")
     folder = ModelFolder.open(a.model)
     get_task(folder.task).predict(folder, PredictRequest(
         input=Path(a.input), output=Path(a.output), checkpoint=a.checkpoint, device=a.device,
         format=a.format, tta=a.tta or None, overlap=a.overlap,
-        save_probabilities=a.save_probabilities, split=a.split), log=print)
+        save_probabilities=a.save_probabilities, split=a.split, uncertainty=a.uncertainty,
+        samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class), log=print)
     return 0
 
 
