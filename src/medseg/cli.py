@@ -263,6 +263,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_data_commands(sub)
+    cal = sub.add_parser("calibrate", help="fit the temperature of a model folder on "
+                                           "labelled data (U5)",
+                         description="Temperature scaling: fit T minimising the NLL of "
+                                     "softmax(logits / T) on labelled data, report the ECE "
+                                     "before and after, write calibration.json into the model "
+                                     "folder; predict then uses it. (medseg train already "
+                                     "calibrates on the validation split.)")
+    cal.add_argument("--model", required=True, help="model folder written by medseg train")
+    cal.add_argument("--data", required=True,
+                     help="segmentation: an MSD folder (imagesTs/labelsTs) or a folder of "
+                          "images with --labels; classification: a label table or .npz")
+    cal.add_argument("--labels", default=None, help="segmentation: folder of label maps")
+    cal.add_argument("--split", default=None,
+                     help="classification: rows of this split; segmentation: Tr or Ts")
+    cal.add_argument("--device", default="auto")
+    cal.add_argument("--force", action="store_true", help="replace an existing calibration")
     info = sub.add_parser("info", help="describe a trained model folder",
                           description="Check a model folder (plan.json, network) and print "
                                       "its task, network, input, classes and training summary.")

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from medseg.layers import ConvNormAct, ResidualBlock, UpSample, act_layer
-from medseg.networks import UNet, create_model, unet_feature_channels
+from medseg.networks import (
+    UNet,
+    add_variance_head,
+    create_model,
+    list_models,
+    model_signature,
+    model_spatial_dims,
+    unet_feature_channels,
+)
+from medseg.networks.common import EncoderFeatures
 
 
 def _all_params_get_grad(model: torch.nn.Module, out: torch.Tensor | list[torch.Tensor]) -> None:
@@ -182,3 +191,158 @@ def test_conv_norm_act_dilation_keeps_size() -> None:
     assert isinstance(act_layer("none"), torch.nn.Identity)
     with pytest.raises(ValueError, match="unknown activation"):
         act_layer("swish2")
+
+
+# ------------------------------------------- encoder / decoder split (decoder-only MC, U2)
+
+SEG_SMALL = {  # small widths; the architecture is the registered one
+    "unet": {"channels": (4, 8, 16)},
+    "unetpp": {"channels": (4, 8, 16)},
+    "deeplabv3plus": {"channels": (4, 8, 16, 16), "decoder_channels": 8,
+                      "low_level_channels": 4},
+    "transunet": {"channels": (4, 8, 16), "embed_dim": 16, "num_heads": 2, "num_layers": 1},
+}
+SEG_ODD_SIZES = {2: (37, 30), 3: (13, 11, 14)}  # odd sizes: the padding / cropping path too
+SPLIT_CASES = [
+    (name, d, kw)
+    for name in list_models("segmentation")
+    for d in model_spatial_dims(name)
+    for kw in (
+        [{}, {"deep_supervision": True, "dropout": 0.2, "dropout_where": "all"}]
+        if name == "unet"
+        else [{}, {"deep_supervision": False}, {"prune_depth": 1}] if name == "unetpp"
+        else [{}, {"dropout": 0.2, "dropout_where": "all"}]
+    )
+]
+
+
+def _seg_net(name: str, spatial_dims: int, **kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = {"in_channels": 1, "num_classes": 3, **SEG_SMALL[name], **kw}
+    return create_model(name, spatial_dims=spatial_dims, **cfg)
+
+
+def _as_list(out: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return out if isinstance(out, list) else [out]
+
+
+def test_every_segmentation_network_is_split() -> None:
+    assert set(list_models("segmentation")) == set(SEG_SMALL)  # a new network needs a split
+    for name in list_models("segmentation"):
+        model = _seg_net(name, 2)
+        assert callable(model.encode) and callable(model.decode), name
+        assert "dropout_where" in model_signature(name).parameters, name
+
+
+@pytest.mark.parametrize(("name", "spatial_dims", "kw"), SPLIT_CASES)
+def test_forward_is_decode_of_encode(name: str, spatial_dims: int, kw: dict) -> None:
+    model = _seg_net(name, spatial_dims, **kw).eval()
+    x = torch.randn(2, 1, *SEG_ODD_SIZES[spatial_dims])
+    with torch.no_grad():
+        feats = model.encode(x)
+        assert isinstance(feats, EncoderFeatures)
+        assert feats.spatial == x.shape[2:] and feats.batch_size == 2
+        assert all(t.shape[0] == 2 for t in feats)
+        split = model.decode(feats)
+        out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, *x.shape[2:])
+    assert torch.equal(split, out)  # bit-identical
+    # Training mode (dropout and deep-supervision lists included): same seed, same output.
+    model.train()
+    torch.manual_seed(1)
+    ref = _as_list(model(x))
+    torch.manual_seed(1)
+    got = _as_list(model.decode(model.encode(x)))
+    assert len(got) == len(ref) and all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))
+    if kw.get("deep_supervision") or (name == "unetpp" and kw.get("deep_supervision", True)):
+        assert len(ref) > 1  # the deep-supervision list goes through decode too
+
+
+def test_decode_takes_any_batch_of_features() -> None:
+    """Features repeated along the batch axis decode to the repeated output (what batched
+    decoder-only MC Dropout relies on)."""
+    for name in list_models("segmentation"):
+        model = _seg_net(name, 2).eval()
+        x = torch.randn(2, 1, 32, 32)
+        with torch.no_grad():
+            feats = model.encode(x)
+            out = model.decode(feats.map(lambda t: t.repeat(3, *([1] * (t.ndim - 1)))))
+            torch.testing.assert_close(out, model(x).repeat(3, 1, 1, 1), rtol=0, atol=1e-6)
+
+
+def test_variance_head_keeps_the_split() -> None:
+    net = add_variance_head(_seg_net("unet", 2)).eval()
+    x = torch.randn(1, 1, 30, 30)
+    with torch.no_grad():
+        logits, log_var = net(x)
+        s_logits, s_log_var = net.decode(net.encode(x))
+    assert torch.equal(logits, s_logits) and torch.equal(log_var, s_log_var)
+    with pytest.raises(TypeError, match="encode/decode"):
+        add_variance_head(create_model("resnet10_cls", num_classes=2)).encode(x)
+
+
+def test_unetpp_pruned_features_are_checked() -> None:
+    model = _seg_net("unetpp", 2, prune_depth=1).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        feats = model.encode(x)
+    assert len(feats) == 2  # pruned: only X^{0,0} and X^{1,0} are computed
+    model.prune_depth = None
+    with pytest.raises(ValueError, match="encode again"):
+        model.decode(feats)
+
+
+def _dropout_split(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[str], list[str]]:
+    """Names of the dropout modules (p > 0) that ``encode`` and ``decode`` run through."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen.append(names[m]))
+             for m in model.dropout_layers()]
+    with torch.no_grad():
+        feats = model.encode(x)
+        enc = list(seen)
+        seen.clear()
+        model.decode(feats)
+    for h in hooks:
+        h.remove()
+    return enc, list(seen)
+
+
+@pytest.mark.parametrize("name", list_models("segmentation"))
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_dropout_where_decoder_keeps_the_encoder_free(name: str, spatial_dims: int) -> None:
+    model = _seg_net(name, spatial_dims, dropout=0.3, dropout_where="decoder").eval()
+    x = torch.randn(1, 1, *SEG_ODD_SIZES[spatial_dims])
+    enc, dec = _dropout_split(model, x)
+    assert enc == [] and len(dec) >= 1
+    assert set(dec) == {n for n, m in model.named_modules() if m in model.dropout_layers()}
+    everywhere = _seg_net(name, spatial_dims, dropout=0.3, dropout_where="all").eval()
+    enc_all, dec_all = _dropout_split(everywhere, x)
+    assert len(enc_all) >= 1 and len(dec_all) >= len(dec)
+    # Dropout has no parameters: both placements load the same weights.
+    assert list(model.state_dict()) == list(everywhere.state_dict())
+
+
+def test_dropout_where_defaults_keep_todays_placement() -> None:
+    assert model_signature("unet").parameters["dropout_where"].default == "decoder"
+    assert model_signature("unetpp").parameters["dropout_where"].default == "decoder"
+    assert model_signature("deeplabv3plus").parameters["dropout_where"].default == "decoder"
+    assert model_signature("transunet").parameters["dropout_where"].default == "all"
+    # TransUNet by default also drops out in its Transformer (pos_drop + 3 per block).
+    net = _seg_net("transunet", 2, dropout=0.1, num_layers=2)
+    assert len(net.dropout_layers()) == 1 + 3 * 2 + 2
+    dec = _seg_net("transunet", 2, dropout=0.1, num_layers=2, dropout_where="decoder")
+    assert len(dec.dropout_layers()) == 2
+
+
+def test_unet_bottleneck_dropout_belongs_to_decode() -> None:
+    model = _seg_net("unet", 2, channels=(4, 8, 16, 32), dropout=0.3,
+                     dropout_where="bottleneck").eval()
+    enc, dec = _dropout_split(model, torch.randn(1, 1, 32, 32))
+    assert enc == [] and dec == ["bottleneck_dropout"]
+
+
+@pytest.mark.parametrize("name", list_models("segmentation"))
+def test_unknown_dropout_where_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="dropout_where"):
+        _seg_net(name, 2, dropout=0.1, dropout_where="encoder_only")

@@ -26,10 +26,18 @@ from medseg.layers.aspp import ASPP
 from medseg.layers.conv import ConvNormAct, ResidualBlock
 from medseg.layers.factories import act_layer, conv_nd, dropout_nd, norm_layer
 from medseg.layers.init import init_he
-from medseg.networks.common import check_input, dropout_modules, round_up_size
+from medseg.networks.common import (
+    EncoderFeatures,
+    check_dropout_where,
+    check_input,
+    dropout_modules,
+    pad_end,
+    round_up_size,
+)
 from medseg.networks.registry import register_model
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
+DROPOUT_WHERE = ("decoder", "all")
 
 
 class _DilatedResidualBlock(nn.Module):
@@ -98,6 +106,9 @@ class DeepLabV3Plus(nn.Module):
         dropout: Channel-dropout probability after the ASPP fusion and after the decoder
             convolutions (0 adds no dropout layer). MC Dropout keeps these layers active at test
             time (:meth:`dropout_layers`).
+        dropout_where: ``"decoder"`` (the ASPP fusion and the decoder only: all of it after
+            :meth:`encode`, so decoder-only MC Dropout samples it) or ``"all"`` (also after
+            every encoder stage).
 
     Attributes:
         output_stride: The encoder's total stride per axis.
@@ -111,6 +122,10 @@ class DeepLabV3Plus(nn.Module):
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)`` for any spatial size:
         inputs are zero-padded at the end of each axis to a multiple of ``output_stride`` and the
         logits are cropped back.
+
+    Encoder / decoder split:
+        ``forward(x) == decode(encode(x))``: :meth:`encode` runs the dilated residual backbone,
+        :meth:`decode` the ASPP, the low-level projection, the decoder and the head.
     """
 
     #: Logit layers (see :mod:`medseg.networks.heads`).
@@ -130,6 +145,7 @@ class DeepLabV3Plus(nn.Module):
         norm: str = "batch",
         act: str = "relu",
         dropout: float = 0.0,
+        dropout_where: str = "decoder",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -161,6 +177,7 @@ class DeepLabV3Plus(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_dropout_where(dropout_where, DROPOUT_WHERE)
         if aspp_rates is None:
             aspp_rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
         self.spatial_dims = spatial_dims
@@ -189,6 +206,12 @@ class DeepLabV3Plus(nn.Module):
                 )
             strides.append(total)
             dilations.append(dilation)
+        # Dropout after each encoder stage (identities unless dropout_where="all").
+        self.encoder_dropout = nn.ModuleList(
+            dropout_nd(spatial_dims)(dropout) if dropout_where == "all" and dropout > 0
+            else nn.Identity()
+            for _ in channels
+        )
         self.feature_strides = tuple(strides)
         self.feature_dilations = tuple(dilations)
 
@@ -224,48 +247,44 @@ class DeepLabV3Plus(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         check_input(x, "DeepLabV3Plus", self.spatial_dims, self.in_channels)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = tuple(x.shape[2:])
-        target = self.valid_size(spatial)
-        if target == spatial:
-            return x
-        pad: list[int] = []
-        for s, t in zip(reversed(spatial), reversed(target), strict=True):
-            pad += [0, t - s]
-        return F.pad(x, pad)
-
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features, one per stage.
+    def encode(self, x: torch.Tensor) -> EncoderFeatures:
+        """Encoder features, one per stage (the first half of :meth:`forward`).
 
         Args:
             x: ``(B, in_channels, *spatial)``; zero-padded to a multiple of ``output_stride``.
 
         Returns:
-            Entry ``i`` is ``(B, feature_channels[i], *(padded / feature_strides[i]))`` with
+            :class:`~medseg.networks.common.EncoderFeatures` (a sequence of tensors): entry
+            ``i`` is ``(B, feature_channels[i], *(padded / feature_strides[i]))`` with
             ``padded = valid_size(spatial)``; the last has spatial size
-            ``ceil(spatial / output_stride)``.
+            ``ceil(spatial / output_stride)``. ``spatial`` is the unpadded input size.
         """
         self._check_input(x)
-        h = self._pad(x)
+        spatial = tuple(x.shape[2:])
+        h = pad_end(x, self.valid_size(spatial))
         feats: list[torch.Tensor] = []
-        for stage in self.encoder:
-            h = stage(h)
+        for stage, drop in zip(self.encoder, self.encoder_dropout, strict=True):
+            h = drop(stage(h))
             feats.append(h)
-        return feats
+        return EncoderFeatures(tuple(feats), spatial)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits.
+    def decode(self, features: EncoderFeatures) -> torch.Tensor:
+        """Class logits from :meth:`encode`'s features (the second half of :meth:`forward`).
 
         Args:
-            x: ``(B, in_channels, *spatial)``.
+            features: What :meth:`encode` returned (any batch size).
 
         Returns:
-            ``(B, num_classes, *spatial)``.
+            ``(B, num_classes, *features.spatial)``.
         """
-        spatial = tuple(x.shape[2:])
-        feats = self.encode(x)
-        low = self.low_level(feats[self.low_level_index])
-        h = self.aspp(feats[-1])
+        if len(features) != len(self.encoder):
+            raise ValueError(
+                f"DeepLabV3Plus.decode expects the {len(self.encoder)} stage outputs of "
+                f"DeepLabV3Plus.encode, got {len(features)}"
+            )
+        spatial = features.spatial
+        low = self.low_level(features[self.low_level_index])
+        h = self.aspp(features[-1])
         mode = _INTERP[self.spatial_dims]
         if h.shape[2:] != low.shape[2:]:
             h = F.interpolate(h, size=low.shape[2:], mode=mode, align_corners=False)
@@ -274,3 +293,14 @@ class DeepLabV3Plus(nn.Module):
         padded = self.valid_size(spatial)
         logits = F.interpolate(logits, size=padded, mode=mode, align_corners=False)
         return logits[(..., *(slice(0, s) for s in spatial))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, ``decode(encode(x))``.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``.
+
+        Returns:
+            ``(B, num_classes, *spatial)``.
+        """
+        return self.decode(self.encode(x))

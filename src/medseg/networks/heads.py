@@ -106,13 +106,41 @@ class VarianceHead(nn.Module):
         k = out.shape[1] // 2
         return out[:, :k], out[:, k:]
 
+    @classmethod
+    def _pair(cls, out: Output) -> tuple[Output, Output]:
+        if isinstance(out, torch.Tensor):
+            return cls._split(out)
+        pairs = [cls._split(o) for o in out]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
     def forward(self, x: torch.Tensor) -> tuple[Output, Output]:
         """``x`` -> ``(logits, log_var)``, each shaped like the wrapped network's output."""
-        out = self.model(x)
-        if isinstance(out, torch.Tensor):
-            return self._split(out)
-        pairs = [self._split(o) for o in out]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+        return self._pair(self.model(x))
+
+    def _split_model(self) -> nn.Module:
+        if not (hasattr(self.model, "encode") and hasattr(self.model, "decode")):
+            raise TypeError(
+                f"{type(self.model).__name__} has no encode/decode split (the registered "
+                "segmentation networks have one)"
+            )
+        return self.model
+
+    def encode(self, x: torch.Tensor) -> object:
+        """The wrapped network's ``encode(x)`` (the variance twins live in the decoder side).
+
+        Raises:
+            TypeError: the wrapped network has no ``encode``/``decode`` split.
+        """
+        return self._split_model().encode(x)
+
+    def decode(self, features: object) -> tuple[Output, Output]:
+        """``(logits, log_var)`` from :meth:`encode`'s features, as :meth:`forward` returns
+        them: ``forward(x) == decode(encode(x))``.
+
+        Raises:
+            TypeError: the wrapped network has no ``encode``/``decode`` split.
+        """
+        return self._pair(self._split_model().decode(features))
 
 
 def add_variance_head(model: nn.Module) -> VarianceHead:

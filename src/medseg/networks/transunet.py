@@ -30,14 +30,22 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from medseg.layers.attention import PatchEmbedding, TransformerBlock
 from medseg.layers.conv import ConvBlock, ConvNormAct, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
 from medseg.layers.init import init_he
-from medseg.networks.common import check_input, dropout_modules, round_up_size
+from medseg.networks.common import (
+    EncoderFeatures,
+    check_dropout_where,
+    check_input,
+    dropout_modules,
+    pad_end,
+    round_up_size,
+)
 from medseg.networks.registry import register_model
+
+DROPOUT_WHERE = ("all", "decoder")
 
 
 @register_model("transunet", task="segmentation", spatial_dims=(2, 3))
@@ -60,6 +68,9 @@ class TransUNet(nn.Module):
         dropout: Dropout probability after the positional embedding, inside every Transformer
             block and (channel dropout) after every decoder stage; 0 adds no active dropout.
             MC Dropout keeps these active at test time (:meth:`dropout_layers`).
+        dropout_where: ``"all"`` (as above) or ``"decoder"``: channel dropout after the
+            decoder stages only (the positional and Transformer dropouts get ``p = 0``), so
+            decoder-only MC Dropout samples all of it and the Transformer runs once.
         image_size: Input size the positional embeddings are learned for (int: every axis);
             other sizes interpolate them. The learned grid is ``ceil(image_size / 2**L)``.
         norm: ``"instance"``, ``"batch"``, ``"group"`` or ``"none"`` for the CNN parts.
@@ -76,6 +87,11 @@ class TransUNet(nn.Module):
 
     Shapes:
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``.
+
+    Encoder / decoder split:
+        ``forward(x) == decode(encode(x))``: :meth:`encode` runs the CNN stages and the
+        Transformer (the hybrid encoder of the paper), :meth:`decode` the cascaded upsampler
+        (token grid -> conv, then upsample + skip + conv per level) and the head.
     """
 
     #: Logit layers (see :mod:`medseg.networks.heads`).
@@ -98,6 +114,7 @@ class TransUNet(nn.Module):
         act: str = "leakyrelu",
         upsample: str = "transpose",
         pad_input: bool = True,
+        dropout_where: str = "all",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -124,6 +141,8 @@ class TransUNet(nn.Module):
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_dropout_where(dropout_where, DROPOUT_WHERE)
+        enc_dropout = dropout if dropout_where == "all" else 0.0
         depth = len(channels) - 1
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -149,9 +168,9 @@ class TransUNet(nn.Module):
         self.patch_embed = PatchEmbedding(
             spatial_dims, channels[-1], embed_dim, 1, self.token_grid_size
         )
-        self.pos_drop = nn.Dropout(dropout)
+        self.pos_drop = nn.Dropout(enc_dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, mlp_ratio, drop=dropout)
+            TransformerBlock(embed_dim, num_heads, mlp_ratio, drop=enc_dropout)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -202,6 +221,62 @@ class TransUNet(nn.Module):
         return math.prod(v // d for v, d in zip(self.valid_size(spatial), self.size_divisor,
                                                 strict=True))
 
+    def encode(self, x: torch.Tensor) -> EncoderFeatures:
+        """Run the hybrid CNN-Transformer encoder once (the first half of :meth:`forward`).
+
+        Args:
+            x: ``(B, in_channels, *spatial)``; zero-padded at the end of each axis to
+                ``valid_size(spatial)``.
+
+        Returns:
+            :class:`~medseg.networks.common.EncoderFeatures` of ``L + 1`` tensors: the skips
+            of CNN stages ``0 .. L - 1``, ``(B, channels[k], *(padded / 2**k))``, then the
+            Transformer's (layer-normed) tokens laid back on their grid, ``(B, embed_dim,
+            *(padded / 2**L))``; ``spatial`` is the unpadded input size.
+        """
+        self._check_input(x)
+        spatial = tuple(x.shape[2:])
+        h = pad_end(x, self.valid_size(spatial))
+        skips: list[torch.Tensor] = []
+        for stage in self.encoder:
+            h = stage(h)
+            skips.append(h)
+        grid = h.shape[2:]
+        t = self.pos_drop(self.patch_embed(h))  # (B, N, embed_dim)
+        for blk in self.blocks:
+            t = blk(t)
+        t = self.norm(t)
+        tokens = t.transpose(1, 2).reshape(t.shape[0], self.embed_dim, *grid)
+        return EncoderFeatures((*skips[:-1], tokens), spatial)
+
+    def _decoder_features(self, features: EncoderFeatures) -> torch.Tensor:
+        """The decoder output that feeds :attr:`head`, ``(B, channels[0], *padded)``."""
+        if len(features) != self.depth + 1:
+            raise ValueError(
+                f"TransUNet.decode expects the {self.depth + 1} tensors of TransUNet.encode, "
+                f"got {len(features)}"
+            )
+        skips = features[:-1]
+        h = self.from_tokens(features[-1])
+        for j, (up, dec) in enumerate(zip(self.ups, self.decoder, strict=True)):
+            h = dec(torch.cat((up(h), skips[-1 - j]), dim=1))
+        return h
+
+    def decode(self, features: EncoderFeatures) -> torch.Tensor:
+        """Class logits from :meth:`encode`'s features (the second half of :meth:`forward`).
+
+        Args:
+            features: What :meth:`encode` returned (any batch size).
+
+        Returns:
+            ``(B, num_classes, *features.spatial)``.
+        """
+        spatial = features.spatial
+        out = self.head(self._decoder_features(features))
+        if tuple(out.shape[2:]) != spatial:
+            out = out[(..., *(slice(0, s) for s in spatial))]
+        return out
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder output that feeds :attr:`head`.
 
@@ -211,33 +286,9 @@ class TransUNet(nn.Module):
         Returns:
             ``(B, channels[0], *valid_size(spatial))`` (padded size, not yet cropped).
         """
-        self._check_input(x)
-        spatial = tuple(x.shape[2:])
-        target = self.valid_size(spatial)
-        if target != spatial:
-            pad: list[int] = []
-            for s, t in zip(reversed(spatial), reversed(target), strict=True):
-                pad += [0, t - s]
-            x = F.pad(x, pad)
-        skips: list[torch.Tensor] = []
-        h = x
-        for stage in self.encoder:
-            h = stage(h)
-            skips.append(h)
-        grid = h.shape[2:]
-        t = self.pos_drop(self.patch_embed(h))  # (B, N, embed_dim)
-        for blk in self.blocks:
-            t = blk(t)
-        t = self.norm(t)
-        h = self.from_tokens(t.transpose(1, 2).reshape(t.shape[0], self.embed_dim, *grid))
-        for j, (up, dec) in enumerate(zip(self.ups, self.decoder, strict=True)):
-            h = dec(torch.cat((up(h), skips[-2 - j]), dim=1))
-        return h
+        return self._decoder_features(self.encode(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits: ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``."""
-        spatial = tuple(x.shape[2:])
-        out = self.head(self.forward_features(x))
-        if tuple(out.shape[2:]) != spatial:
-            out = out[(..., *(slice(0, s) for s in spatial))]
-        return out
+        """Class logits, ``decode(encode(x))``: ``(B, in_channels, *spatial)`` ->
+        ``(B, num_classes, *spatial)``."""
+        return self.decode(self.encode(x))

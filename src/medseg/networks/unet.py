@@ -16,12 +16,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from medseg.layers.conv import ConvBlock, ResidualBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd, maxpool_nd
 from medseg.layers.init import init_he
-from medseg.networks.common import check_input, dropout_modules, round_up_size
+from medseg.networks.common import (
+    EncoderFeatures,
+    check_dropout_where,
+    check_input,
+    dropout_modules,
+    pad_end,
+    round_up_size,
+)
 from medseg.networks.registry import register_model
 
 DROPOUT_WHERE = ("decoder", "bottleneck", "all")
@@ -65,7 +71,10 @@ class UNet(nn.Module):
         dropout: Channel-dropout probability (0 disables it and adds no dropout layer).
         dropout_where: ``"decoder"`` (after each decoder stage), ``"bottleneck"`` (after the
             bottleneck only) or ``"all"`` (after every encoder and decoder stage). MC Dropout
-            keeps these layers active at test time (:meth:`dropout_layers`).
+            keeps these layers active at test time (:meth:`dropout_layers`). Decoder-only MC
+            Dropout (:func:`~medseg.uncertainty.sampling.mc_dropout_decoder_predict`) samples
+            ``"decoder"`` and ``"bottleneck"`` (the bottleneck's dropout is the first step of
+            :meth:`decode`); ``"all"`` also has dropout in the encoder.
         residual: Use :class:`~medseg.layers.conv.ResidualBlock` stages instead of two plain
             conv-norm-act.
         deep_supervision: In training mode, return a list of logits, one per decoder level,
@@ -87,6 +96,10 @@ class UNet(nn.Module):
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``; with deep supervision
         in training, a list whose entry ``k`` is ``(B, num_classes, *ceil(spatial / f_k))``
         with ``f_k`` the total stride down to decoder level ``k``.
+
+    Encoder / decoder split:
+        ``forward(x) == decode(encode(x))``: :meth:`encode` returns the skips and the
+        bottleneck, :meth:`decode` the logits.
     """
 
     #: Logit layers (see :mod:`medseg.networks.heads`).
@@ -129,9 +142,7 @@ class UNet(nn.Module):
         stride_t = [as_tuple(s, spatial_dims, "strides entry") for s in strides]
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if dropout_where not in DROPOUT_WHERE:
-            raise ValueError(f"dropout_where must be one of {DROPOUT_WHERE}, got "
-                             f"{dropout_where!r}")
+        check_dropout_where(dropout_where, DROPOUT_WHERE)
         if downsample not in DOWNSAMPLE_MODES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES}, got {downsample!r}")
 
@@ -163,17 +174,18 @@ class UNet(nn.Module):
         for level, c_out in enumerate(channels):
             c_in = in_channels if level == 0 else channels[level - 1]
             stride = (1,) * spatial_dims if level == 0 else stride_t[level - 1]
-            is_bottleneck = level == n_levels - 1
-            d = drop(enc_drop or (is_bottleneck and dropout_where == "bottleneck"))
+            # The bottleneck's dropout is `bottleneck_dropout`, applied by `decode`.
+            layers = [] if level == n_levels - 1 else [drop(enc_drop)]
             if downsample == "maxpool" and level > 0:
                 stage = nn.Sequential(
                     maxpool_nd(spatial_dims)(kernel_size=stride, stride=stride),
                     block(c_in, c_out, (1,) * spatial_dims),
-                    d,
+                    *layers,
                 )
             else:
-                stage = nn.Sequential(block(c_in, c_out, stride), d)
+                stage = nn.Sequential(block(c_in, c_out, stride), *layers)
             self.encoder.append(stage)
+        self.bottleneck_dropout = drop(dropout_where in ("bottleneck", "all"))
 
         # Decoder, deepest first: ups[j] / decoder[j] produce level n_levels - 2 - j.
         dec_drop = dropout_where in ("decoder", "all")
@@ -222,32 +234,54 @@ class UNet(nn.Module):
                 f"pad_input=True"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Class logits.
+    def encode(self, x: torch.Tensor) -> EncoderFeatures:
+        """Run the encoder once (the first half of :meth:`forward`).
+
+        The bottleneck's dropout (``dropout_where`` ``"bottleneck"`` or ``"all"``,
+        :attr:`bottleneck_dropout`) is left to :meth:`decode`, so decoder-only MC Dropout
+        samples it as well.
 
         Args:
-            x: ``(B, in_channels, *spatial)``.
+            x: ``(B, in_channels, *spatial)``; zero-padded at the end of each axis to
+                ``valid_size(spatial)`` (``pad_input``).
 
         Returns:
-            ``(B, num_classes, *spatial)``; with ``deep_supervision`` in training mode, a list
-            of logits per decoder level, full resolution first.
+            :class:`~medseg.networks.common.EncoderFeatures` of ``len(channels)`` tensors: the
+            skip of level ``k`` ``(B, channels[k], *(padded / f_k))`` for ``k = 0 ..
+            len(channels) - 2``, then the bottleneck ``(B, channels[-1], *(padded / f_L))``
+            before its dropout, with ``f_k`` the total stride down to level ``k``;
+            ``spatial`` is the unpadded input size.
         """
         self._check_input(x)
         spatial = tuple(x.shape[2:])
-        target = self.valid_size(spatial)
-        padded = target != spatial
-        if padded:
-            pad: list[int] = []
-            for s, t in zip(reversed(spatial), reversed(target), strict=True):
-                pad += [0, t - s]
-            x = F.pad(x, pad)
-
-        skips: list[torch.Tensor] = []
-        h = x
-        for stage in self.encoder[:-1]:
+        h = pad_end(x, self.valid_size(spatial))
+        feats: list[torch.Tensor] = []
+        for stage in self.encoder:
             h = stage(h)
-            skips.append(h)
-        h = self.encoder[-1](h)
+            feats.append(h)
+        return EncoderFeatures(tuple(feats), spatial)
+
+    def decode(self, features: EncoderFeatures) -> torch.Tensor | list[torch.Tensor]:
+        """Class logits from :meth:`encode`'s features (the second half of :meth:`forward`).
+
+        Args:
+            features: What :meth:`encode` returned (any batch size, e.g. repeated ``T`` times
+                for decoder-only MC Dropout).
+
+        Returns:
+            As :meth:`forward`: ``(B, num_classes, *features.spatial)``; with
+            ``deep_supervision`` in training mode, a list of logits per decoder level, full
+            resolution first.
+        """
+        if len(features) != len(self.channels):
+            raise ValueError(
+                f"UNet.decode expects the {len(self.channels)} tensors of UNet.encode, got "
+                f"{len(features)}"
+            )
+        spatial = features.spatial
+        skips = features[:-1]
+        h = self.bottleneck_dropout(features[-1])
+        padded = tuple(skips[0].shape[2:]) != spatial
 
         want_ds = self.deep_supervision and self.training
         n_dec = len(self.decoder)
@@ -270,3 +304,15 @@ class UNet(nn.Module):
                 logits = logits[(..., *(slice(0, c) for c in crop))]
             outputs.append(logits)
         return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Class logits, ``decode(encode(x))``.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``.
+
+        Returns:
+            ``(B, num_classes, *spatial)``; with ``deep_supervision`` in training mode, a list
+            of logits per decoder level, full resolution first.
+        """
+        return self.decode(self.encode(x))

@@ -25,13 +25,21 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from medseg.layers.conv import ConvBlock, UpSample, as_tuple
 from medseg.layers.factories import conv_nd, dropout_nd
 from medseg.layers.init import init_he
-from medseg.networks.common import check_input, dropout_modules, round_up_size
+from medseg.networks.common import (
+    EncoderFeatures,
+    check_dropout_where,
+    check_input,
+    dropout_modules,
+    pad_end,
+    round_up_size,
+)
 from medseg.networks.registry import register_model
+
+DROPOUT_WHERE = ("decoder", "all")
 
 
 def _key(i: int, j: int) -> str:
@@ -59,6 +67,9 @@ class UNetPlusPlus(nn.Module):
             Training mode always runs the full network.
         strides: Downsampling factor into each level below the top (``L`` entries, each an
             int or one int per axis). ``None``: 2 on every axis.
+        dropout_where: ``"decoder"`` (after every decoder node ``X^{i,j}, j >= 1``: only
+            there, so decoder-only MC Dropout samples all of it) or ``"all"`` (also after every
+            encoder node ``X^{i,0}``).
 
     Attributes:
         size_divisor: Total stride per axis; inputs are zero-padded at the end of each axis to
@@ -70,6 +81,10 @@ class UNetPlusPlus(nn.Module):
         ``(B, in_channels, *spatial)`` -> ``(B, num_classes, *spatial)``. In training mode with
         deep supervision: a list of ``L`` tensors ``(B, num_classes, *spatial)``, head
         ``X^{0,1}`` (shallowest) first and ``X^{0,L}`` (deepest) last.
+
+    Encoder / decoder split:
+        ``forward(x) == decode(encode(x))``: :meth:`encode` computes the encoder column
+        ``X^{i,0}``, :meth:`decode` every node ``X^{i,j}, j >= 1`` and the heads.
     """
 
     #: Logit layers (see :mod:`medseg.networks.heads`).
@@ -87,6 +102,7 @@ class UNetPlusPlus(nn.Module):
         deep_supervision: bool = True,
         prune_depth: int | None = None,
         strides: Sequence[int | Sequence[int]] | None = None,
+        dropout_where: str = "decoder",
     ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -99,6 +115,7 @@ class UNetPlusPlus(nn.Module):
                              f"{num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_dropout_where(dropout_where, DROPOUT_WHERE)
         depth = len(channels) - 1
         if strides is None:
             strides = [2] * depth
@@ -121,14 +138,18 @@ class UNetPlusPlus(nn.Module):
         self._prune_depth: int | None = None
         self.prune_depth = prune_depth
 
-        def drop() -> nn.Module:
-            return dropout_nd(spatial_dims)(dropout) if dropout > 0 else nn.Identity()
+        def drop(active: bool = True) -> nn.Module:
+            return dropout_nd(spatial_dims)(dropout) if active and dropout > 0 else nn.Identity()
 
         one = (1,) * spatial_dims
         self.encoder = nn.ModuleList(
             ConvBlock(spatial_dims, in_channels if i == 0 else channels[i - 1], channels[i],
                       one if i == 0 else stride_t[i - 1], 3, norm, act)
             for i in range(depth + 1)
+        )
+        # Dropout after each encoder node X^{i,0} (identities unless dropout_where="all").
+        self.encoder_dropout = nn.ModuleList(
+            drop(dropout_where == "all") for _ in range(depth + 1)
         )
         # Node X^{i,j} (j >= 1) and the upsampling of X^{i+1,j-1} that feeds it.
         self.ups = nn.ModuleDict()
@@ -184,21 +205,86 @@ class UNetPlusPlus(nn.Module):
         """The smallest size >= ``spatial`` that is a multiple of :attr:`size_divisor`."""
         return round_up_size(spatial, self.size_divisor)
 
-    def _top_row(self, x: torch.Tensor, depth: int) -> list[torch.Tensor]:
-        """Top-row nodes ``[X^{0,1}, ..., X^{0,depth}]`` of the sub-network of ``depth``."""
-        rows: list[list[torch.Tensor]] = [[] for _ in range(depth + 1)]
+    def _depth_needed(self) -> int:
+        """Depth of the sub-network the current mode computes (pruned in eval mode)."""
+        if self.deep_supervision and not self.training and self._prune_depth is not None:
+            return self._prune_depth
+        return self.depth
+
+    def _top_row(self, enc: Sequence[torch.Tensor], depth: int) -> list[torch.Tensor]:
+        """Top-row nodes ``[X^{0,1}, ..., X^{0,depth}]`` from the encoder nodes ``X^{i,0}``."""
+        rows: list[list[torch.Tensor]] = [[enc[i]] for i in range(depth + 1)]
         for i, j in self.node_order(depth):
             if j == 0:
-                src = x if i == 0 else rows[i - 1][0]
-                rows[i].append(self.encoder[i](src))
-            else:
-                k = _key(i, j)
-                up = self.ups[k](rows[i + 1][j - 1])
-                rows[i].append(self.nodes[k](torch.cat((*rows[i], up), dim=1)))
+                continue
+            k = _key(i, j)
+            up = self.ups[k](rows[i + 1][j - 1])
+            rows[i].append(self.nodes[k](torch.cat((*rows[i], up), dim=1)))
         return rows[0][1:]
 
+    def encode(self, x: torch.Tensor) -> EncoderFeatures:
+        """Run the encoder column once (the first half of :meth:`forward`).
+
+        In eval mode with :attr:`prune_depth` ``d`` only ``X^{0,0} .. X^{d,0}`` are computed,
+        as in :meth:`forward`.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``, zero-padded at the end of each axis to
+                ``valid_size(spatial)``.
+
+        Returns:
+            :class:`~medseg.networks.common.EncoderFeatures` with the encoder nodes
+            ``X^{i,0}``, ``(B, channels[i], *(padded / f_i))`` for ``i = 0 .. depth`` (``f_i``
+            the total stride down to level ``i``); ``spatial`` is the unpadded input size.
+        """
+        check_input(x, "UNetPlusPlus", self.spatial_dims, self.in_channels)
+        spatial = tuple(x.shape[2:])
+        h = pad_end(x, self.valid_size(spatial))
+        feats: list[torch.Tensor] = []
+        for i in range(self._depth_needed() + 1):
+            h = self.encoder_dropout[i](self.encoder[i](h))
+            feats.append(h)
+        return EncoderFeatures(tuple(feats), spatial)
+
+    def decode(self, features: EncoderFeatures) -> torch.Tensor | list[torch.Tensor]:
+        """Class logits from :meth:`encode`'s features (the second half of :meth:`forward`).
+
+        Args:
+            features: What :meth:`encode` returned (any batch size).
+
+        Returns:
+            As :meth:`forward`.
+
+        Raises:
+            ValueError: ``features`` were encoded for a pruned sub-network shallower than the
+                one the current mode computes (re-encode after changing the mode).
+        """
+        depth = self._depth_needed()
+        if len(features) < depth + 1:
+            raise ValueError(
+                f"UNetPlusPlus.decode needs the encoder nodes X^{{0..{depth},0}}, got "
+                f"{len(features)} (encoded with another prune_depth or mode); call encode "
+                "again in the mode used for decode"
+            )
+        spatial = features.spatial
+        padded = tuple(features[0].shape[2:]) != spatial
+        crop = (..., *(slice(0, s) for s in spatial))
+        top = self._top_row(features, depth)
+        if not self.deep_supervision:
+            out = self.heads[0](top[-1])
+            return out[crop] if padded else out
+        if not self.training and self._prune_depth is not None:  # head `depth` alone
+            out = self.heads[depth - 1](top[-1])
+            return out[crop] if padded else out
+        outs = [head(t) for head, t in zip(self.heads, top, strict=True)]
+        if padded:
+            outs = [o[crop] for o in outs]
+        if self.training:
+            return outs
+        return torch.stack(outs).mean(dim=0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Class logits.
+        """Class logits, ``decode(encode(x))``.
 
         Args:
             x: ``(B, in_channels, *spatial)``, any spatial size.
@@ -210,28 +296,4 @@ class UNetPlusPlus(nn.Module):
             :attr:`prune_depth` alone when it is set (eval mode), or the single head without
             deep supervision.
         """
-        check_input(x, "UNetPlusPlus", self.spatial_dims, self.in_channels)
-        spatial = tuple(x.shape[2:])
-        target = self.valid_size(spatial)
-        padded = target != spatial
-        if padded:
-            pad: list[int] = []
-            for s, t in zip(reversed(spatial), reversed(target), strict=True):
-                pad += [0, t - s]
-            x = F.pad(x, pad)
-        crop = (..., *(slice(0, s) for s in spatial))
-
-        if not self.deep_supervision:
-            out = self.heads[0](self._top_row(x, self.depth)[-1])
-            return out[crop] if padded else out
-        if not self.training and self._prune_depth is not None:
-            d = self._prune_depth
-            out = self.heads[d - 1](self._top_row(x, d)[-1])
-            return out[crop] if padded else out
-        top = self._top_row(x, self.depth)
-        outs = [head(t) for head, t in zip(self.heads, top, strict=True)]
-        if padded:
-            outs = [o[crop] for o in outs]
-        if self.training:
-            return outs
-        return torch.stack(outs).mean(dim=0)
+        return self.decode(self.encode(x))

@@ -42,7 +42,7 @@ ENGINE_SETTINGS = frozenset({
     "task", "output_dir", "data.dataset", "model", "optim",
     "train.epochs", "train.steps_per_epoch", "train.batch_size", "train.val_every",
     "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
-    "train.deterministic", "train.max_bad_steps", "train.ensemble",
+    "train.deterministic", "train.max_bad_steps", "train.ensemble", "train.calibrate",
 })
 
 #: The settings of ``loss.class_weighting`` (L4), for tasks that use :func:`class_weighting`.
@@ -153,6 +153,11 @@ class TaskTrainer:
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         """Validation metrics (the task's ``key_metric`` among them)."""
         return {}
+
+    def calibration_set(self, model: torch.nn.Module) -> Any:
+        """The validation split as a :class:`~medseg.training.calibration.CalibrationSet`
+        for temperature scaling, or ``None`` where the task has no probabilities."""
+        return None
 
     def describe(self, val: dict[str, float]) -> str:
         """Validation metrics -> text for the progress line."""
@@ -270,6 +275,17 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
         """Score predictions against references; returns ``{"files": [...], ...}``."""
+
+    def calibration_set_from(self, folder: Any, data: Path, labels: Path | None,
+                             split: str | None, device: str, log: Log) -> Any:
+        """Labelled data other than the validation split as a
+        :class:`~medseg.training.calibration.CalibrationSet` (``medseg calibrate``).
+
+        Raises:
+            InputError: the task has no probabilities to calibrate.
+        """
+        raise InputError(f"{self.name} models have no class probabilities to calibrate",
+                         folder.path, "calibrate segmentation or classification models")
 
     @abstractmethod
     def recognises(self, pred: Path) -> bool:

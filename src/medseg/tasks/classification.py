@@ -53,8 +53,10 @@ from medseg.tasks.base import (
     plan_entry,
 )
 from medseg.tasks.outputs import ClassProbs, MultiLabel
+from medseg.training.calibration import CalibrationSet, read_temperature, temper
 from medseg.training.config import ExperimentConfig
 from medseg.transforms.augment import Augmenter
+from medseg.uncertainty.calibration import observed_elements
 from medseg.uncertainty.decompose import heteroscedastic_ce
 
 
@@ -139,10 +141,9 @@ def heteroscedastic_bce(logits: torch.Tensor, log_var: torch.Tensor, target: tor
 
 
 @torch.inference_mode()
-def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
-                       batch_size: int = 64) -> ClassProbs | MultiLabel:
-    """Probabilities of ``x`` ``(N, C, *spatial)``: :class:`ClassProbs` (softmax, single-label)
-    or :class:`MultiLabel` (a sigmoid per label), ``(N, K)`` on CPU."""
+def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device,
+                      batch_size: int = 64) -> torch.Tensor:
+    """``(N, K)`` float32 logits of ``x`` ``(N, C, *spatial)`` on CPU (eval mode)."""
     was = model.training
     model.eval()
     out = []
@@ -154,7 +155,16 @@ def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device:
             out.append(logits.float().cpu())
     finally:
         model.train(was)
-    logits = torch.cat(out) if out else torch.zeros((0, 0))
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
+                       batch_size: int = 64, temperature: float = 1.0
+                       ) -> ClassProbs | MultiLabel:
+    """Probabilities of ``x`` ``(N, C, *spatial)``: :class:`ClassProbs` (softmax, single-label)
+    or :class:`MultiLabel` (a sigmoid per label), ``(N, K)`` on CPU; logits divided by
+    ``temperature`` (U5)."""
+    logits = classifier_logits(model, x, device, batch_size) / temperature
     return ClassProbs.from_logits(logits) if task == "single" else MultiLabel.from_logits(logits)
 
 
@@ -225,6 +235,15 @@ class ClassificationTrainer(TaskTrainer):
                                       self.data.class_names, n_boot=0)
         return {"val_auroc": float(res["macro"]["auroc"]),
                 "val_accuracy": float(res["macro"].get("accuracy", float("nan")))}
+
+    def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:
+        """The validation images' logits and labels (missing labels left out)."""
+        d = self.data
+        kind = "softmax" if d.task == "single" else "sigmoid"
+        z, y = observed_elements(classifier_logits(model, d.val_x, self.device),
+                                 torch.from_numpy(d.val_y), kind=kind)
+        return CalibrationSet(z, y, kind, f"the validation split ({len(d.val_x)} image(s))",
+                              len(d.val_x))
 
     def describe(self, val: dict[str, float]) -> str:
         return "".join(f"  {k[4:]} {v:.3f}" for k, v in val.items())
@@ -374,6 +393,7 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     plan = folder.plan
     task = plan["label_task"]
     models, dev = folder.load_networks(checkpoint, device)
+    t = read_temperature(folder.path)
     ids, imgs, _ = _inputs(Path(input_path), split)
     x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
     if x.shape[1] != plan.in_channels:
@@ -384,6 +404,7 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     if method:
         samples, var = sample_classifier(models, x, task, dev, method, request.samples,
                                          request.seed)
+        samples = temper(samples, t, "softmax" if task == "single" else "sigmoid", class_dim=2)
         maps = uncertainty_maps(samples.permute(0, 2, 1),
                                 None if var is None else var.permute(0, 2, 1),
                                 "softmax" if task == "single" else "sigmoid")
@@ -391,7 +412,7 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
         out_probs: ClassProbs | MultiLabel = ClassProbs(mean) if task == "single" else \
             MultiLabel(mean)
     else:
-        parts = [predict_classifier(m, x, task, dev) for m in models]
+        parts = [predict_classifier(m, x, task, dev, temperature=t) for m in models]
         mean = torch.stack([torch.from_numpy(probabilities(p)) for p in parts]).mean(0)
         out_probs = ClassProbs(mean) if task == "single" else MultiLabel(mean)
     probs = probabilities(out_probs)
@@ -560,6 +581,22 @@ class ClassificationTask(Task):
         return evaluate_classification_files(request.pred, request.ref, request.output,
                                              split=request.split, n_boot=request.bootstrap,
                                              log=log)
+
+    def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
+                             split: str | None, device: str, log: Log) -> CalibrationSet:
+        """A label table (CSV / npz; ``split`` picks its rows) with the model's logits."""
+        ids, imgs, ds = _inputs(data, split)
+        if ds is None:
+            raise InputError("calibration needs labels: a label table or .npz, not a folder "
+                             "of images", data, "give the table with the labels")
+        plan = folder.plan
+        models, dev = folder.load_networks("best", device)
+        x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
+        logits = torch.stack([classifier_logits(m, x, dev) for m in models]).mean(0)
+        kind = "softmax" if plan["label_task"] == "single" else "sigmoid"
+        z, y = observed_elements(logits, torch.from_numpy(ds.labels()), kind=kind)
+        return CalibrationSet(z, y, kind, f"{data}" + (f" split {split}" if split else "") +
+                              f" ({len(ids)} image(s))", len(ids))
 
     def recognises(self, pred: Path) -> bool:
         return pred.suffix.lower() == ".csv" or (pred / "predictions.csv").is_file()

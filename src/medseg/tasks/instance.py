@@ -346,5 +346,11 @@ class InstanceTask(SegmentationTask):
                                          ref_suffix=request.ref_suffix,
                                          mask_threshold=request.mask_threshold, log=log)
 
+    def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
+                             split: str | None, device: str, log: Log) -> Any:
+        raise InputError("instance models are calibrated on their validation split at the end "
+                         "of training (their targets are derived from instance masks)",
+                         folder.path, "retrain with train.calibrate=true")
+
     def recognises(self, pred: Path) -> bool:
         return is_instance_prediction_folder(pred)

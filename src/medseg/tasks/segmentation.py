@@ -74,7 +74,14 @@ from medseg.tasks.base import (
 )
 from medseg.tasks.outputs import ObservationMask, SegProbs
 from medseg.training.augmentation import make_augmenter
+from medseg.training.calibration import (
+    CalibrationSet,
+    log_probs_as_logits,
+    read_temperature,
+    temper,
+)
 from medseg.training.config import ExperimentConfig
+from medseg.uncertainty.calibration import observed_elements
 from medseg.uncertainty.decompose import heteroscedastic_ce
 from medseg.uncertainty.maps import SCALAR_TERMS, uncertainty_maps
 
@@ -345,6 +352,24 @@ class SegmentationTrainer(TaskTrainer):
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         return validate(model, self.data, self.cfg, self.device)
 
+    @torch.inference_mode()
+    def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:
+        """Observed voxels of the validation cases (at most 200,000 per case, seeded)."""
+        data, cfg = self.data, self.cfg
+        n = cfg.data.val_max_cases or len(data.val_images)
+        parts = []
+        for i, (img, lab) in enumerate(zip(data.val_images[:n], data.val_labels[:n],
+                                           strict=True)):
+            probs = predict_probs(
+                model, torch.from_numpy(img)[None], roi_size=data.patch_size,
+                overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
+                device=self.device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale)
+            target = torch.from_numpy(lab)[None].long()
+            mask = None if data.ignore_label is None else target != data.ignore_label
+            parts.append(observed_elements(log_probs_as_logits(probs), target, mask,
+                                           max_elements=200_000, seed=i))
+        return CalibrationSet.concat(parts, "softmax", f"the validation split ({n} case(s))")
+
     def describe(self, val: dict[str, float]) -> str:
         return "  val Dice " + " ".join(f"{k[5:]}={v:.3f}" for k, v in val.items())
 
@@ -375,6 +400,7 @@ class SegmentationModel:
     plan: PreprocessPlan
     info: Plan
     device: torch.device
+    temperature: float = 1.0
 
     @classmethod
     def load(cls, folder: str | Path | ModelFolder, checkpoint: str = "best",
@@ -390,7 +416,7 @@ class SegmentationModel:
                              "give a model trained on label maps")
         models, dev = mf.load_networks(checkpoint, device)
         return cls(mf.path, models, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
-                   dev)
+                   dev, read_temperature(mf.path))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -464,7 +490,8 @@ class SegmentationModel:
             device=self.device, output_device="cpu",
             sigma_scale=float(inf.get("sigma_scale", 0.125)),
         )[0] for m in self.models)
-        return SegProbs(restore_probabilities(probs / len(self.models), self.plan, meta))
+        probs = temper(probs / len(self.models), self.temperature)
+        return SegProbs(restore_probabilities(probs, self.plan, meta))
 
     def predict_samples(self, image: np.ndarray, meta: ImageMeta, method: str,
                         n_samples: int = 10, seed: int = 0, overlap: float | None = None
@@ -520,7 +547,7 @@ class SegmentationModel:
                 output_device="cpu")[0]
         restored = restore_probabilities(field_, self.plan, meta)
         spatial = restored.shape[1:]
-        probs = restored[:t * c].reshape(t, c, *spatial)
+        probs = temper(restored[:t * c].reshape(t, c, *spatial), self.temperature, class_dim=1)
         var = restored[t * c:].reshape(t, c, *spatial) if head else None
         return probs, var
 
@@ -984,6 +1011,35 @@ class SegmentationTask(Task):
                                 labels=request.labels, ignore_label=request.ignore_label,
                                 dataset_json=request.dataset_json,
                                 ref_suffix=request.ref_suffix, images=request.images, log=log)
+
+    def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
+                             split: str | None, device: str, log: Log) -> CalibrationSet:
+        """Images and label maps: an MSD folder (``imagesTs``/``labelsTs``, or ``Tr`` with
+        ``split="Tr"``), or ``data`` images with ``labels`` label maps matched by name."""
+        if labels is None:
+            sp = split or ("Ts" if (data / "imagesTs").is_dir() else "Tr")
+            data, labels = data / f"images{sp}", data / f"labels{sp}"
+        model = SegmentationModel.load(folder, device=device)
+        model.temperature = 1.0
+        refs = {output_label(f): f for f in label_files(labels, "label")}
+        ignore = folder.plan.get("ignore_label")
+        parts = []
+        for i, (name, src) in enumerate(collect_inputs(data, model.plan.in_channels)):
+            if name not in refs:
+                raise InputError(f"no label map for {name!r}", labels,
+                                 "give the label maps of the same cases")
+            image, meta = read_image(src if not isinstance(src, list) else list(src))
+            probs = model.predict(image, meta).probs
+            lab, _ = read_label(refs[name])
+            target = torch.from_numpy(np.asarray(lab, dtype=np.int64).reshape(
+                probs.shape[1:]))[None]
+            mask = None if ignore is None else target != ignore
+            parts.append(observed_elements(log_probs_as_logits(probs)[None], target, mask,
+                                           max_elements=200_000, seed=i))
+            log(f"  [{i + 1}] {name}")
+        if not parts:
+            raise InputError("no images to calibrate on", data, "give labelled images")
+        return CalibrationSet.concat(parts, "softmax", f"{data} ({len(parts)} case(s))")
 
     def recognises(self, pred: Path) -> bool:
         return pred.is_dir() or (pred.is_file() and pred.suffix.lower() != ".csv")

@@ -197,6 +197,8 @@ class TrainConfig:
             never applied) after which training stops with an error.
         ensemble: Members of a deep ensemble (U3) trained into one model folder
             (``member_<k>/``, seed ``seed + k``); 1 = a single model.
+        calibrate: Fit a temperature on the validation split at the end of training and
+            write ``calibration.json`` (U5); prediction then uses it.
     """
 
     epochs: int = 50
@@ -214,6 +216,7 @@ class TrainConfig:
     deterministic: bool = False
     max_bad_steps: int = 5
     ensemble: int = 1
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble"):

@@ -479,6 +479,22 @@ class _Run:
             atomic_torch_save(state, self.out / BEST_NAME)
         write_log(self.out / LOG_NAME, self.history)
 
+    def calibrate(self) -> None:
+        """Temperature scaling of the best checkpoint on the validation split (U5)."""
+        from medseg.training.calibration import calibrate, describe, write_calibration
+
+        best = self.out / BEST_NAME
+        if best.is_file():
+            self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+        self.model.eval()
+        cs = self.trainer.calibration_set(self.model)
+        self.model.train()
+        if cs is None or cs.targets.numel() == 0:
+            return
+        doc = calibrate(cs)
+        write_calibration(self.out, doc, overwrite=True)
+        self.say(f"  calibration: {describe(doc)}")
+
     def run(self) -> TrainResult:
         cfg, info, trainer = self.cfg, self.info, self.trainer
         t_start = time.perf_counter()
@@ -533,6 +549,10 @@ class _Run:
             interrupted = True
             self.say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is "
                      f"kept at {self.last_path} (epoch {epoch}). Continue with --resume.")
+        if not interrupted and cfg.train.calibrate and trainer.n_val > 0:
+            if info.is_main:
+                self.calibrate()
+            barrier(info)  # the other ranks wait: none leaves the group before rank 0
         return TrainResult(self.out, epoch, self.best, self.task.key_metric,
                            self.task.metric_label, self.history, interrupted, info.is_main,
                            self.skipped_total)

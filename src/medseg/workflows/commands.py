@@ -225,3 +225,25 @@ def cmd_info(a: argparse.Namespace) -> int:
     folder.build_network()  # the plan's options must build the network
     print(folder.describe())
     return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    """``medseg calibrate``: temperature scaling of a model folder on labelled data (U5)."""
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks import get_task
+    from medseg.training.calibration import calibrate, describe, write_calibration
+
+    folder = ModelFolder.open(a.model)
+    path = folder.path / "calibration.json"
+    if path.exists() and not a.force:
+        from medseg.errors import InputError
+
+        raise InputError("the model folder is calibrated already", path,
+                         "pass --force to replace its calibration")
+    cs = get_task(folder.task).calibration_set_from(
+        folder, Path(a.data), Path(a.labels) if a.labels else None, a.split, a.device, print)
+    doc = calibrate(cs)
+    write_calibration(folder.path, doc, overwrite=a.force)
+    print(describe(doc))
+    print(f"written: {path}")
+    return 0

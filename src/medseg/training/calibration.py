@@ -1,0 +1,163 @@
+"""Temperature scaling of a model folder (U5), written once for every task.
+
+At the end of training the engine fits one temperature ``T`` on the validation split (the
+checkpoint prediction uses by default, ``checkpoint_best.pt``), reports the expected calibration
+error before and after (equal-width and equal-mass bins) and writes ``calibration.json`` into the
+model folder; ``medseg calibrate`` does the same on other labelled data. Prediction divides the
+logits by ``T``.
+
+A task hands over its calibration set as logits: a classifier's own logits; for segmentation the
+log of the stitched sliding-window probabilities (``softmax(log p / T)`` is the tempered field;
+for a softmax, ``log p`` and the logits differ by a per-voxel constant, which the softmax
+ignores). Only observed elements count (ignore label, missing labels), and large voxel sets are
+subsampled deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_write_text
+from medseg.metrics.calibration import expected_calibration_error
+from medseg.uncertainty.calibration import fit_temperature, temperature_nll
+
+CALIBRATION_NAME = "calibration.json"
+CALIBRATION_FORMAT = "medseg-calibration/1"
+
+
+@dataclass
+class CalibrationSet:
+    """Observed elements to calibrate on.
+
+    Attributes:
+        logits: softmax ``(M, C)``, sigmoid ``(M,)`` float64.
+        targets: ``(M,)`` int64 class indices (softmax) or 0/1 (sigmoid).
+        kind: ``"softmax"`` or ``"sigmoid"``.
+        source: What the elements are (e.g. ``"validation split, 12 cases"``).
+        n_cases: Cases (images / volumes) they come from.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    kind: str
+    source: str
+    n_cases: int
+
+    @classmethod
+    def concat(cls, parts: list[tuple[torch.Tensor, torch.Tensor]], kind: str, source: str
+               ) -> CalibrationSet:
+        """Join per-case ``(logits, targets)`` pairs."""
+        return cls(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), kind,
+                   source, len(parts))
+
+
+def log_probs_as_logits(probs: torch.Tensor, kind: str = "softmax") -> torch.Tensor:
+    """Logits whose softmax (sigmoid) gives ``probs``: ``log p`` (``log p - log(1 - p)``)."""
+    p = probs.double().clamp(1e-12, 1.0)
+    if kind == "softmax":
+        return p.log()
+    return p.log() - (1.0 - p).clamp_min(1e-12).log()
+
+
+def temper(probs: torch.Tensor, temperature: float, kind: str = "softmax",
+           class_dim: int = 0) -> torch.Tensor:
+    """Probabilities after temperature scaling: ``softmax(log p / T)`` or ``sigmoid(z / T)``.
+
+    The arg-max is unchanged. ``T = 1`` returns ``probs`` itself.
+    """
+    if temperature == 1.0:
+        return probs
+    z = log_probs_as_logits(probs, kind) / temperature
+    out = torch.softmax(z, dim=class_dim) if kind == "softmax" else torch.sigmoid(z)
+    return out.to(probs.dtype)
+
+
+def _ece(cs: CalibrationSet, temperature: float, binning: str, n_bins: int) -> float:
+    z = cs.logits / temperature
+    if cs.kind == "softmax":
+        p = torch.softmax(z, dim=1)
+        conf, pred = p.max(1)
+        outcome = (pred == cs.targets).numpy()
+        return expected_calibration_error(conf.numpy(), outcome, n_bins, binning=binning)[0]
+    p = torch.sigmoid(z)
+    return expected_calibration_error(p.numpy(), cs.targets.numpy(), n_bins, binning=binning)[0]
+
+
+def calibrate(cs: CalibrationSet, n_bins: int = 15) -> dict[str, Any]:
+    """Fit ``T`` on ``cs`` and report ECE / NLL before and after (JSON-able).
+
+    Equal-width ECE uses ``n_bins`` bins; equal-mass ECE uses ``min(n_bins, n // 10)`` bins (at
+    least 1) so that every bin holds at least ten elements (with one element per bin the
+    equal-mass ECE is the mean of ``|outcome - confidence|``, not a calibration error).
+    """
+    if cs.targets.numel() == 0:
+        raise InputError("no observed element to calibrate on",
+                         hint="give labelled data with observed labels")
+    t = fit_temperature(cs.logits, cs.targets, kind=cs.kind)
+    n = int(cs.targets.numel())
+    bins = {"width": n_bins, "mass": max(1, min(n_bins, n // 10))}
+    return {
+        "format": CALIBRATION_FORMAT, "method": "temperature", "temperature": t,
+        "kind": cs.kind, "fitted_on": cs.source, "n_cases": cs.n_cases,
+        "n_elements": n, "n_bins": bins,
+        "ece_before": {b: _ece(cs, 1.0, b, k) for b, k in bins.items()},
+        "ece_after": {b: _ece(cs, t, b, k) for b, k in bins.items()},
+        "nll_before": temperature_nll(cs.logits, cs.targets, 1.0, kind=cs.kind),
+        "nll_after": temperature_nll(cs.logits, cs.targets, t, kind=cs.kind),
+    }
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """One line: the temperature and the ECE before -> after."""
+    b, a = doc["ece_before"], doc["ece_after"]
+    return (f"temperature {doc['temperature']:.3f}: ECE {b['width']:.4f} -> {a['width']:.4f} "
+            f"(equal-mass {b['mass']:.4f} -> {a['mass']:.4f}) on {doc['fitted_on']}")
+
+
+def write_calibration(folder: str | Path, doc: dict[str, Any], overwrite: bool = False) -> Path:
+    """``calibration.json`` in the model folder, atomically; an existing one only if asked.
+
+    Raises:
+        InputError: it exists and ``overwrite`` is false.
+    """
+    path = Path(folder) / CALIBRATION_NAME
+    if path.exists() and not overwrite:
+        raise InputError("the model folder is calibrated already", path,
+                         "pass --force to replace its calibration")
+    return atomic_write_text(path, json.dumps(doc, indent=2))
+
+
+def read_temperature(folder: str | Path) -> float:
+    """The folder's temperature (1 without ``calibration.json``).
+
+    Raises:
+        InputError: an unreadable or invalid ``calibration.json``.
+    """
+    path = Path(folder) / CALIBRATION_NAME
+    if not path.is_file():
+        return 1.0
+    try:
+        doc = json.loads(path.read_text())
+        t = float(doc["temperature"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"calibration.json is invalid ({type(e).__name__})", path,
+                         "recalibrate with medseg calibrate --force, or delete it") from None
+    if not (math.isfinite(t) and 0.0 < t < 1e3):
+        raise InputError(f"calibration.json has temperature {t}", path,
+                         "recalibrate with medseg calibrate --force, or delete it")
+    return t
+
+
+def subsample(n: int, max_elements: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_elements`` of ``range(n)`` (deterministic by seed)."""
+    if n <= max_elements:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_elements, replace=False))
