@@ -279,6 +279,42 @@ def _parser() -> argparse.ArgumentParser:
                      help="classification: rows of this split; segmentation: Tr or Ts")
     cal.add_argument("--device", default="auto")
     cal.add_argument("--force", action="store_true", help="replace an existing calibration")
+    cal.add_argument("--conformal", action="store_true",
+                     help="segmentation: split-conformal calibration of each structure's volume "
+                          "interval on the labelled cases (kept beside the temperature); "
+                          "predict --uncertainty with the same method then adds "
+                          "volume_conformal_low/high to uncertainty.csv")
+    cal.add_argument("--alpha", type=float, default=0.1,
+                     help="conformal miscoverage (0.1: 90%% intervals)")
+    cal.add_argument("--uncertainty", choices=("mc", "mc_decoder", "ensemble", "tta"),
+                     default="tta", help="with --conformal: the sampler giving the spread")
+    cal.add_argument("--samples", type=int, default=10, help="with --conformal: T for MC")
+    rv = sub.add_parser("review", help="rank predicted cases, most uncertain first",
+                        description="Read a prediction folder written with --uncertainty and "
+                                    "write review.csv: every case ranked by an uncertainty "
+                                    "score, most uncertain first.")
+    rv.add_argument("--pred", required=True, help="the --output folder of medseg predict")
+    rv.add_argument("--by", default="predictive_entropy_structure",
+                    help="column of uncertainty.csv / predictions.csv (default "
+                         "%(default)s, averaged over a case's structures)")
+    rv.add_argument("--top", type=int, default=10, help="cases to print")
+    se = sub.add_parser("select", help="pick the next cases to label (active learning)",
+                        description="Predict a pool of unlabelled cases with uncertainty and "
+                                    "write selection.csv with the N cases of highest "
+                                    "acquisition score (default: mean mutual information "
+                                    "over the image, BALD).")
+    se.add_argument("--model", required=True, help="model folder written by medseg train")
+    se.add_argument("--pool", required=True, help="images (or label table) to choose from")
+    se.add_argument("--n", type=int, required=True, help="cases to select")
+    se.add_argument("--output", required=True, help="folder for predictions/ and selection.csv")
+    se.add_argument("--uncertainty", choices=("mc", "mc_decoder", "ensemble", "tta"),
+                    default="mc")
+    se.add_argument("--samples", type=int, default=10)
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--by", default="mutual_information_image",
+                    help="acquisition score column (default %(default)s)")
+    se.add_argument("--split", default=None, help="classification: rows of this split")
+    se.add_argument("--device", default="auto")
     info = sub.add_parser("info", help="describe a trained model folder",
                           description="Check a model folder (plan.json, network) and print "
                                       "its task, network, input, classes and training summary.")

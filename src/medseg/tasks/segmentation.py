@@ -77,6 +77,7 @@ from medseg.training.augmentation import make_augmenter
 from medseg.training.calibration import (
     CalibrationSet,
     log_probs_as_logits,
+    read_calibration,
     read_temperature,
     temper,
 )
@@ -401,6 +402,7 @@ class SegmentationModel:
     info: Plan
     device: torch.device
     temperature: float = 1.0
+    conformal: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, folder: str | Path | ModelFolder, checkpoint: str = "best",
@@ -416,7 +418,7 @@ class SegmentationModel:
                              "give a model trained on label maps")
         models, dev = mf.load_networks(checkpoint, device)
         return cls(mf.path, models, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
-                   dev, read_temperature(mf.path))
+                   dev, read_temperature(mf.path), read_calibration(mf.path).get("conformal"))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -617,15 +619,16 @@ def output_suffix(src: ImageSource | list, fmt: str) -> str:
 #: Columns of ``uncertainty.csv`` (one row per case and foreground class).
 UNCERTAINTY_COLUMNS = (
     "case", "class", "method", "samples", "volume", "volume_unit", "volume_sample_mean",
-    "volume_sample_std", "volume_low", "volume_high",
+    "volume_sample_std", "volume_low", "volume_high", "volume_conformal_low",
+    "volume_conformal_high", "conformal_coverage",
     *[f"{t}_{w}" for t in SCALAR_TERMS for w in ("structure", "image")],
 )
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Tensor,
-                     class_names: list[str], spacing: tuple[float, ...] | None, method: str
-                     ) -> list[dict[str, Any]]:
+                     class_names: list[str], spacing: tuple[float, ...] | None, method: str,
+                     conformal: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per foreground class: the structure's volume with its interval over the samples, and the
     mean of every uncertainty term inside the predicted structure and over the image.
 
@@ -637,7 +640,11 @@ def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Te
         class_names: One name per class.
         spacing: Voxel size in mm per axis, or ``None`` (raster images: volumes in pixels).
         method: The sampling method (recorded).
+        conformal: The model folder's conformal block (``medseg calibrate --conformal``); its
+            interval is added when it was calibrated with the same method and physical units.
     """
+    from medseg.uncertainty.conformal import ConformalCalibration
+
     pred = maps["predicted"]
     unit_vol = float(np.prod(spacing)) if spacing is not None else 1.0
     unit = ("mm^2" if pred.ndim == 2 else "mm^3") if spacing is not None else (
@@ -654,6 +661,12 @@ def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Te
             "volume_sample_std": float(vols.std(correction=1)) if len(vols) > 1 else 0.0,
             "volume_low": float(torch.quantile(vols, 0.025)),
             "volume_high": float(torch.quantile(vols, 0.975))}
+        block = (conformal or {}).get("classes", {}).get(class_names[c])
+        if block is not None and conformal.get("method") == method and spacing is not None:
+            cal = ConformalCalibration.from_dict(block)
+            lo, hi = cal.interval(np.array([row["volume"]]), np.array([row["volume_sample_std"]]))
+            row.update(volume_conformal_low=max(0.0, float(lo[0])),
+                       volume_conformal_high=float(hi[0]), conformal_coverage=1 - cal.alpha)
         for term in SCALAR_TERMS:
             m = maps[term].double()
             row[f"{term}_structure"] = float(m[inside].mean()) if inside.any() else None
@@ -753,7 +766,7 @@ def predict_inputs(
             physical = not dest.name.lower().endswith(_RASTER)
             spacing = tuple(meta.spacing[: labels.ndim]) if physical else None
             rows += uncertainty_rows(name, maps, samples, list(model.info.class_names),
-                                     spacing, uncertainty.uncertainty)
+                                     spacing, uncertainty.uncertainty, model.conformal)
         written.append(dest)
         log(f"  [{i + 1}/{len(cases)}] {name} -> {dest}")
     if rows:
@@ -1040,6 +1053,59 @@ class SegmentationTask(Task):
         if not parts:
             raise InputError("no images to calibrate on", data, "give labelled images")
         return CalibrationSet.concat(parts, "softmax", f"{data} ({len(parts)} case(s))")
+
+    def conformal_volumes(self, folder: ModelFolder, data: Path, labels: Path | None,
+                          split: str | None, device: str, method: str, n_samples: int,
+                          alpha: float, log: Log) -> dict[str, Any]:
+        """Split-conformal calibration of each foreground structure's volume (U5).
+
+        On labelled cases (as :meth:`calibration_set_from`): the predicted volume (arg-max of
+        the mean of ``T`` samples of ``method``), its spread (the samples' volume standard
+        deviation) and the reference volume give the normalised scores
+        ``|v - v_hat| / (spread + eps)`` per class; the stored quantile then widens each new
+        case's interval ``v_hat +- q (spread + eps)`` so that it covers the true volume with
+        probability ``>= 1 - alpha`` on exchangeable cases.
+
+        Returns:
+            The ``conformal`` block of ``calibration.json``: method, samples, alpha and per
+            class the :class:`~medseg.uncertainty.conformal.ConformalCalibration` dict.
+        """
+        from medseg.uncertainty.conformal import calibrate_conformal
+
+        if labels is None:
+            sp = split or ("Ts" if (data / "imagesTs").is_dir() else "Tr")
+            data, labels = data / f"images{sp}", data / f"labels{sp}"
+        model = SegmentationModel.load(folder, device=device)
+        refs = {output_label(f): f for f in label_files(labels, "label")}
+        names = list(folder.plan.class_names)
+        rows: dict[int, list[tuple[float, float, float]]] = {c: [] for c in
+                                                             range(1, len(names))}
+        for i, (name, src) in enumerate(collect_inputs(data, model.plan.in_channels)):
+            if name not in refs:
+                raise InputError(f"no label map for {name!r}", labels,
+                                 "give the label maps of the same cases")
+            image, meta = read_image(src if not isinstance(src, list) else list(src))
+            samples, _ = model.predict_samples(image, meta, method, n_samples, seed=0)
+            lab, _ = read_label(refs[name])
+            lab = np.asarray(lab).reshape(samples.shape[2:])
+            vox = float(np.prod(meta.spacing[: lab.ndim]))
+            pred = samples.mean(0).argmax(0)
+            hard = samples.argmax(1)
+            for c in rows:
+                vols = (hard == c).flatten(1).sum(1).double() * vox
+                rows[c].append((float((lab == c).sum()) * vox,
+                                float((pred == c).sum()) * vox,
+                                float(vols.std(correction=1)) if len(vols) > 1 else 0.0))
+            log(f"  [{i + 1}] {name}")
+        per_class = {}
+        for c, r in rows.items():
+            y, yhat, spread = (np.array(v) for v in zip(*r, strict=True))
+            per_class[names[c]] = calibrate_conformal(
+                y, yhat, spread, alpha=alpha, score="normalized",
+                eps=max(1.0, float(np.median(spread)) * 0.05)).to_dict()
+        return {"method": method, "samples": n_samples, "alpha": alpha,
+                "n_cases": len(next(iter(rows.values()))) if rows else 0,
+                "volume_unit": "mm^3 (mm^2 in 2D)", "classes": per_class}
 
     def recognises(self, pred: Path) -> bool:
         return pred.is_dir() or (pred.is_file() and pred.suffix.lower() != ".csv")

@@ -135,6 +135,26 @@ def write_calibration(folder: str | Path, doc: dict[str, Any], overwrite: bool =
     return atomic_write_text(path, json.dumps(doc, indent=2))
 
 
+def read_calibration(folder: str | Path) -> dict[str, Any]:
+    """The folder's ``calibration.json`` (``{}`` without one).
+
+    Raises:
+        InputError: unreadable or not a JSON object.
+    """
+    path = Path(folder) / CALIBRATION_NAME
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"calibration.json is invalid ({type(e).__name__})", path,
+                         "recalibrate with medseg calibrate --force, or delete it") from None
+    if not isinstance(doc, dict):
+        raise InputError("calibration.json must hold a JSON object", path,
+                         "recalibrate with medseg calibrate --force, or delete it")
+    return doc
+
+
 def read_temperature(folder: str | Path) -> float:
     """The folder's temperature (1 without ``calibration.json``).
 
@@ -144,10 +164,12 @@ def read_temperature(folder: str | Path) -> float:
     path = Path(folder) / CALIBRATION_NAME
     if not path.is_file():
         return 1.0
+    doc = read_calibration(folder)
+    if "temperature" not in doc:
+        return 1.0
     try:
-        doc = json.loads(path.read_text())
         t = float(doc["temperature"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         raise InputError(f"calibration.json is invalid ({type(e).__name__})", path,
                          "recalibrate with medseg calibrate --force, or delete it") from None
     if not (math.isfinite(t) and 0.0 < t < 1e3):

@@ -235,15 +235,76 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     folder = ModelFolder.open(a.model)
     path = folder.path / "calibration.json"
-    if path.exists() and not a.force:
+    if path.exists() and not a.force and not a.conformal:
         from medseg.errors import InputError
 
         raise InputError("the model folder is calibrated already", path,
                          "pass --force to replace its calibration")
-    cs = get_task(folder.task).calibration_set_from(
-        folder, Path(a.data), Path(a.labels) if a.labels else None, a.split, a.device, print)
+    task = get_task(folder.task)
+    labels = Path(a.labels) if a.labels else None
+    if a.conformal:
+        from medseg.training.calibration import read_calibration
+
+        if not hasattr(task, "conformal_volumes"):
+            from medseg.errors import InputError
+
+            raise InputError(f"{folder.task} models have no structure volumes to calibrate",
+                             folder.path, "use --conformal with a segmentation model")
+        doc = read_calibration(folder.path)
+        doc["conformal"] = task.conformal_volumes(folder, Path(a.data), labels, a.split,
+                                                  a.device, a.uncertainty, a.samples, a.alpha,
+                                                  print)
+        write_calibration(folder.path, doc, overwrite=True)
+        for name, c in doc["conformal"]["classes"].items():
+            print(f"  {name}: normalised score quantile {c['quantile']} at alpha {c['alpha']} "
+                  f"(n = {c['n']})")
+        print(f"written: {path}")
+        return 0
+    cs = task.calibration_set_from(folder, Path(a.data), labels, a.split, a.device, print)
     doc = calibrate(cs)
+    conformal = None
+    if path.exists():
+        from medseg.training.calibration import read_calibration
+
+        conformal = read_calibration(folder.path).get("conformal")
+    if conformal is not None:
+        doc["conformal"] = conformal
     write_calibration(folder.path, doc, overwrite=a.force)
     print(describe(doc))
+    print(f"written: {path}")
+    return 0
+
+
+def cmd_review(a: argparse.Namespace) -> int:
+    """``medseg review``: the predicted cases, most uncertain first (``review.csv``)."""
+    from medseg.workflows.review import review
+
+    path = review(a.pred, by=a.by, top=a.top)
+    print(f"written: {path}")
+    return 0
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    """``medseg select``: predict a pool with uncertainty, pick the N cases to label next."""
+    from medseg.errors import ConfigError
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks import get_task
+    from medseg.tasks.base import PredictRequest
+    from medseg.workflows.review import rank_cases, write_ranking
+
+    if a.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {a.n}", hint="pass --n 10")
+    folder = ModelFolder.open(a.model)
+    out = Path(a.output)
+    get_task(folder.task).predict(folder, PredictRequest(
+        input=Path(a.pool), output=out / "predictions", device=a.device,
+        uncertainty=a.uncertainty, samples=a.samples, seed=a.seed, split=a.split),
+        log=lambda _m: None)
+    ranked = rank_cases(out / "predictions", a.by)
+    chosen = ranked[: a.n]
+    path = write_ranking(chosen, out / "selection.csv")
+    print(f"label next ({len(chosen)} of {len(ranked)}, by {a.by}, {a.uncertainty}):")
+    for r in chosen:
+        print(f"  {r['rank']:4d}  {r['case']}  {r['score']:.4g}")
     print(f"written: {path}")
     return 0
