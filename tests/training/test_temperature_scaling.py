@@ -46,6 +46,9 @@ def test_training_ends_with_a_temperature_that_lowers_the_ece(overconfident):
     for b in ("width", "mass"):
         assert doc["ece_after"][b] < doc["ece_before"][b]
     assert doc["nll_after"] < doc["nll_before"]
+    assert sum(doc["reliability_before"]["count"]) == 100
+    assert (model / "reliability_before.png").is_file()
+    assert (model / "reliability_after.png").is_file()
 
 
 def test_predict_uses_the_folder_temperature(overconfident, tmp_path):
@@ -105,3 +108,34 @@ def test_segmentation_probabilities_are_tempered(tmp_path):
     (model / "calibration.json").write_text("{not json")
     assert main(["predict", "--model", str(model), "--input", str(ds / "imagesTs"),
                  "--output", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+
+
+def test_segmentation_evaluate_reports_voxel_calibration(tmp_path):
+    from medseg.metrics.calibration import voxel_confidence
+
+    ds, model = tmp_path / "ds", tmp_path / "m"
+    assert main(["phantoms", "--output", str(ds), "--dims", "2", "--size", "32", "--n-train",
+                 "5", "--n-test", "2"]) == 0
+    assert main(["train", "--dataset", str(ds), "--output", str(model), "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "32", "32",
+                 "--device", "cpu", "--set", "model.options.channels=[4,8]",
+                 "--set", "data.val_fraction=0.2"]) == 0
+    pred, ev = tmp_path / "p", tmp_path / "ev"
+    assert main(["predict", "--model", str(model), "--input", str(ds / "imagesTs"),
+                 "--output", str(pred), "--save-probabilities", "--device", "cpu"]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ds / "labelsTs"), "--output",
+                 str(ev)]) == 0
+    cal = json.loads((ev / "metrics.json").read_text())["summary"]["calibration"]
+    confs, oks = [], []
+    for case in ("case_005", "case_006"):
+        p, _ = read_image(pred / f"{case}_probabilities.nii.gz")
+        lab, _ = read_image(ds / "labelsTs" / f"{case}.nii.gz")
+        c, k = voxel_confidence(p.reshape(p.shape[0], 32, 32), lab.reshape(32, 32))
+        confs.append(c)
+        oks.append(k)
+    from medseg.metrics.calibration import expected_calibration_error
+
+    ece, _ = expected_calibration_error(np.concatenate(confs), np.concatenate(oks), 15)
+    assert cal["n"] == 2 * 32 * 32 and cal["cases"] == 2
+    assert cal["ece"] == pytest.approx(ece, abs=1e-9)
+    assert (ev / "reliability.png").is_file()

@@ -33,6 +33,11 @@ def test_review_ranks_cases_by_the_chosen_column(trained, tmp_path):
     assert main(["predict", "--model", str(model), "--input", str(ds / "imagesTs"), "--output",
                  str(out), "--uncertainty", "mc", "--samples", "4", "--device", "cpu"]) == 0
     assert main(["review", "--pred", str(out), "--by", "mutual_information_image"]) == 0
+    # the maps beside the label maps are not taken for predictions
+    assert main(["evaluate", "--pred", str(out), "--ref", str(ds / "labelsTs"), "--output",
+                 str(tmp_path / "ev")]) == 0
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(doc["cases"]) == 10
     review = list(csv.DictReader(open(out / "review.csv")))
     table = list(csv.DictReader(open(out / "uncertainty.csv")))
     per_case: dict[str, list[float]] = {}

@@ -143,7 +143,9 @@ def brier_score(probs: np.ndarray, onehot: np.ndarray) -> float:
     return float(sq.sum(axis=1).mean() if sq.ndim == 2 else sq.mean())
 
 
-def _bins_json(b: dict[str, np.ndarray]) -> dict[str, list]:
+def bins_json(b: dict[str, np.ndarray]) -> dict[str, list]:
+    """Reliability bins as JSON-able lists (``None`` for empty bins / NaN edges)."""
+
     def num(v: float) -> float | None:
         return None if not np.isfinite(v) else float(v)
 
@@ -181,7 +183,7 @@ def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
         ece, mce = expected_calibration_error(conf, correct, n_bins, binning)
         out: dict[str, Any] = {"n_bins": n_bins, "binning": binning, "ece": ece, "mce": mce,
                                "brier": brier_score(p, onehot),
-                               "reliability": _bins_json(reliability_bins(conf, correct, n_bins,
+                               "reliability": bins_json(reliability_bins(conf, correct, n_bins,
                                                                           binning))}
         return out
     if task != "multi":
@@ -199,7 +201,7 @@ def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
                            "brier": brier_score(p[m, k], y[m, k].astype(np.float64))}
     return {"n_bins": n_bins, "binning": binning, "ece": ece, "mce": mce,
             "brier": brier_score(conf, outcome),
-            "reliability": _bins_json(reliability_bins(conf, outcome, n_bins, binning)),
+            "reliability": bins_json(reliability_bins(conf, outcome, n_bins, binning)),
             "per_label": per_label}
 
 
@@ -289,4 +291,4 @@ def segmentation_calibration(probs: np.ndarray, labels: np.ndarray,
 
     return {"n_bins": n_bins, "binning": binning, "n": int(conf.size), "ece": num(ece),
             "mce": num(mce), "brier": num(brier),
-            "reliability": _bins_json(reliability_bins(conf, correct, n_bins, binning))}
+            "reliability": bins_json(reliability_bins(conf, correct, n_bins, binning))}

@@ -57,8 +57,14 @@ from medseg.io.files import file_suffix
 from medseg.io.meta import ImageMeta
 from medseg.losses import DeepSupervisionLoss, DiceCELoss
 from medseg.metrics import dice, evaluate_case, format_summary_table, summarize, write_metrics
+from medseg.metrics.calibration import (
+    bins_json,
+    expected_calibration_error,
+    reliability_bins,
+    voxel_confidence,
+)
 from medseg.model_folder import ModelFolder, Plan
-from medseg.reports import save_overlay, write_report
+from medseg.reports import save_overlay, save_reliability_diagram, write_report
 from medseg.tasks import register_task
 from medseg.tasks.base import (
     CLASS_WEIGHTING_SETTINGS,
@@ -624,6 +630,9 @@ UNCERTAINTY_COLUMNS = (
     *[f"{t}_{w}" for t in SCALAR_TERMS for w in ("structure", "image")],
 )
 _RASTER = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+#: Name endings of the files predict writes beside a label map (never label maps themselves).
+SIDE_OUTPUTS = ("_probabilities", "_logit_variance", "_per_class",
+                *[f"_{t}" for t in SCALAR_TERMS])
 
 
 def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Tensor,
@@ -782,7 +791,7 @@ def label_files(path: Path, what: str) -> list[Path]:
     if path.is_file():
         return [path]
     files = [e for e in list_image_files(path) if isinstance(e, Path) and e.is_file()]
-    files = [f for f in files if not output_label(f).endswith("_probabilities")]
+    files = [f for f in files if not output_label(f).endswith(SIDE_OUTPUTS)]
     if not files:
         raise InputError(f"no label files in the {what} folder", path,
                          "give NIfTI/NRRD/PNG/TIFF label maps")
@@ -879,6 +888,7 @@ def evaluate_folders(
         labels = sorted(v for v in found if v not in (0, ignore_label))
     results = []
     overlays = []
+    conf_parts: list[tuple[np.ndarray, np.ndarray]] = []
     for name, p, r in pairs:
         ref_arr, ref_meta = refs.pop(name, None) or read_label(r)
         pred_arr, pred_meta = read_label(p)
@@ -892,6 +902,12 @@ def evaluate_folders(
                              "predictions must keep the input's geometry (medseg predict does)")
         mask = None if ignore_label is None else ref_arr != ignore_label
         res = evaluate_case(pred_arr, ref_arr, ref_meta.spacing, labels, mask=mask, case_id=name)
+        prob_file = p.with_name(f"{output_label(p)}_probabilities.nii.gz")
+        if prob_file.is_file():  # saved with --save-probabilities: voxel calibration
+            probs_arr, _ = read_image(prob_file)
+            conf_parts.append(voxel_confidence(probs_arr.reshape(probs_arr.shape[0],
+                                                                 *ref_arr.shape),
+                                               ref_arr, mask))
         results.append(res)
         if images is not None and len(overlays) < max_overlays:
             srcs = [e for e in list_image_files(Path(images))
@@ -902,11 +918,28 @@ def evaluate_folders(
                 overlays.append(save_overlay(out / "overlays" / f"{name}.png", img[0], pred_arr,
                                              ref_arr, title=name))
     summary = summarize(results)
+    files_extra: list[Path] = []
+    if conf_parts:
+        conf = np.concatenate([c for c, _ in conf_parts])
+        correct = np.concatenate([k for _, k in conf_parts])
+        bins = {b: reliability_bins(conf, correct, 15, b) for b in ("width", "mass")}
+        ece = {b: expected_calibration_error(conf, correct, 15, b) for b in bins}
+        summary["calibration"] = {
+            "level": "voxel (observed voxels, top-label confidence)", "n": int(conf.size),
+            "cases": len(conf_parts), "ece": ece["width"][0], "mce": ece["width"][1],
+            "ece_equal_mass": ece["mass"][0], "reliability": bins_json(bins["width"])}
+        files_extra.append(save_reliability_diagram(
+            out / "reliability.png", summary["calibration"]["reliability"], ece["width"][0],
+            title="voxel reliability (top label)"))
     if names:
         summary["class_names"] = {int(c): names.get(int(c), str(c)) for c in labels}
     json_path, csv_path = write_metrics(out, results, summary)
     log(format_summary_table(summary))
-    files = [json_path, csv_path]
+    if "calibration" in summary:
+        c = summary["calibration"]
+        log(f"voxel calibration over {c['cases']} case(s): ECE {c['ece']:.4f} (equal-mass "
+            f"{c['ece_equal_mass']:.4f})")
+    files = [json_path, csv_path, *files_extra]
     if images is not None:
         report = {names.get(int(cid), f"class {cid}"): stats
                   for cid, stats in summary.get("classes", {}).items()}

@@ -26,7 +26,7 @@ import torch
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
-from medseg.metrics.calibration import expected_calibration_error
+from medseg.metrics.calibration import bins_json, expected_calibration_error, reliability_bins
 from medseg.uncertainty.calibration import fit_temperature, temperature_nll
 
 CALIBRATION_NAME = "calibration.json"
@@ -80,15 +80,19 @@ def temper(probs: torch.Tensor, temperature: float, kind: str = "softmax",
     return out.to(probs.dtype)
 
 
-def _ece(cs: CalibrationSet, temperature: float, binning: str, n_bins: int) -> float:
+def _confidence(cs: CalibrationSet, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness (softmax), or each label's probability and
+    outcome (sigmoid), after dividing the logits by ``temperature``."""
     z = cs.logits / temperature
     if cs.kind == "softmax":
-        p = torch.softmax(z, dim=1)
-        conf, pred = p.max(1)
-        outcome = (pred == cs.targets).numpy()
-        return expected_calibration_error(conf.numpy(), outcome, n_bins, binning=binning)[0]
-    p = torch.sigmoid(z)
-    return expected_calibration_error(p.numpy(), cs.targets.numpy(), n_bins, binning=binning)[0]
+        conf, pred = torch.softmax(z, dim=1).max(1)
+        return conf.numpy(), (pred == cs.targets).numpy()
+    return torch.sigmoid(z).numpy(), cs.targets.numpy()
+
+
+def _ece(cs: CalibrationSet, temperature: float, binning: str, n_bins: int) -> float:
+    conf, outcome = _confidence(cs, temperature)
+    return expected_calibration_error(conf, outcome, n_bins, binning=binning)[0]
 
 
 def calibrate(cs: CalibrationSet, n_bins: int = 15) -> dict[str, Any]:
@@ -110,6 +114,8 @@ def calibrate(cs: CalibrationSet, n_bins: int = 15) -> dict[str, Any]:
         "n_elements": n, "n_bins": bins,
         "ece_before": {b: _ece(cs, 1.0, b, k) for b, k in bins.items()},
         "ece_after": {b: _ece(cs, t, b, k) for b, k in bins.items()},
+        "reliability_before": bins_json(reliability_bins(*_confidence(cs, 1.0), n_bins)),
+        "reliability_after": bins_json(reliability_bins(*_confidence(cs, t), n_bins)),
         "nll_before": temperature_nll(cs.logits, cs.targets, 1.0, kind=cs.kind),
         "nll_after": temperature_nll(cs.logits, cs.targets, t, kind=cs.kind),
     }
@@ -124,14 +130,24 @@ def describe(doc: dict[str, Any]) -> str:
 
 def write_calibration(folder: str | Path, doc: dict[str, Any], overwrite: bool = False) -> Path:
     """``calibration.json`` in the model folder, atomically; an existing one only if asked.
+    With reliability bins in ``doc``, ``reliability_before.png`` / ``reliability_after.png``
+    beside it.
 
     Raises:
         InputError: it exists and ``overwrite`` is false.
     """
+    from medseg.reports import save_reliability_diagram
+
     path = Path(folder) / CALIBRATION_NAME
     if path.exists() and not overwrite:
         raise InputError("the model folder is calibrated already", path,
                          "pass --force to replace its calibration")
+    for when in ("before", "after"):
+        if f"reliability_{when}" in doc:
+            t = 1.0 if when == "before" else doc["temperature"]
+            save_reliability_diagram(Path(folder) / f"reliability_{when}.png",
+                                     doc[f"reliability_{when}"], doc[f"ece_{when}"]["width"],
+                                     title=f"{when} temperature scaling (T = {t:.3g})")
     return atomic_write_text(path, json.dumps(doc, indent=2))
 
 
