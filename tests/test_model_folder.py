@@ -166,3 +166,19 @@ def test_medseg_info_describes_and_checks_a_folder(tmp_path, capsys):
     assert main(["info", "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plan.json" in err[0] and "do not build 'unet'" in err[0]
+
+
+@pytest.mark.parametrize("task, extra, message", [
+    ("restoration", ["--uncertainty", "mc"], "--uncertainty does not apply to restoration"),
+    ("segmentation", ["--split", "val"], "--split does not apply to segmentation"),
+    ("classification", ["--save-probabilities"],
+     "--save-probabilities does not apply to classification"),
+    ("segmentation", ["--samples", "4"], "--samples applies with --uncertainty only"),
+])
+def test_predict_refuses_options_the_task_ignores(task, extra, message, tmp_path, capsys):
+    inp = LEGACY / task / CASES[task][0]
+    rc = main(["predict", "--model", str(LEGACY / task / "model"), "--input", str(inp),
+               "--output", str(tmp_path / "p"), "--device", "cpu", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "p").exists()

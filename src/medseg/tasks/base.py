@@ -21,6 +21,7 @@ the progress line and ``train_log.csv`` — and asks the task only for what is s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -192,6 +193,8 @@ class Task(ABC):
     higher_is_better: ClassVar[bool] = True
     default_model: ClassVar[str] = "unet"
     uses: ClassVar[frozenset[str]] = frozenset()
+    #: The :class:`PredictRequest` fields the task's ``predict`` honours (others are refused).
+    predict_options: ClassVar[frozenset[str]] = frozenset({"checkpoint", "device"})
 
     # ------------------------------------------------------------------ configuration
     def check_config(self, cfg: ExperimentConfig) -> None:
@@ -268,6 +271,28 @@ class Task(ABC):
         """
 
     # ------------------------------------------------------------------ use
+    def check_request(self, request: PredictRequest) -> None:
+        """Refuse prediction options this task would ignore.
+
+        Raises:
+            ConfigError: naming the first such option.
+        """
+        default = PredictRequest(request.input, request.output)
+        if request.uncertainty is None:
+            for name, flag in (("samples", "--samples"), ("seed", "--uncertainty-seed"),
+                               ("per_class", "--per-class")):
+                if getattr(request, name) != getattr(default, name):
+                    raise ConfigError(f"{flag} applies with --uncertainty only",
+                                      hint="add --uncertainty mc|mc_decoder|ensemble|tta|none")
+        for f in dataclasses.fields(PredictRequest):
+            if f.name in ("input", "output") or f.name in self.predict_options:
+                continue
+            if getattr(request, f.name) != getattr(default, f.name):
+                flag = {"save_probabilities": "--save-probabilities", "per_class": "--per-class",
+                        "seed": "--uncertainty-seed"}.get(f.name, "--" + f.name)
+                raise ConfigError(f"{flag} does not apply to {self.name} models",
+                                  hint=f"remove {flag}")
+
     @abstractmethod
     def predict(self, folder: Any, request: PredictRequest, log: Log) -> list[Path]:
         """Predict every input of ``request`` with the model folder; returns written files."""

@@ -531,6 +531,8 @@ class ClassificationTask(Task):
     metric_label = "AUROC"
     higher_is_better = True
     default_model = "resnet_classifier"
+    predict_options = frozenset({"checkpoint", "device", "split", "uncertainty",
+                                 "samples", "seed"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {"data.modality", "data.image_size",
                                                         "augment"}
 

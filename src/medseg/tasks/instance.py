@@ -304,6 +304,8 @@ class InstanceTask(SegmentationTask):
     name = "instance"
     description = "instance segmentation (nuclei, cells): interior/boundary targets + watershed"
     uses = SegmentationTask.uses | {"instance"}
+    predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
+                                 "uncertainty", "samples", "seed", "per_class"})
 
     def open_dataset(self, cfg: ExperimentConfig) -> Any:
         from medseg.data.instance import build_semantic_dataset, open_instance_dataset

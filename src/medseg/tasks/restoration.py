@@ -449,6 +449,7 @@ class RestorationTask(Task):
     metric_label = "loss"
     higher_is_better = False
     default_model = "unet"
+    predict_options = frozenset({"checkpoint", "device"})
     uses = SPLIT_SETTINGS | {"loss.restoration", "train.patch_size", "augment.enabled",
                              "augment.p_flip", "augment.flip_axes"}
 

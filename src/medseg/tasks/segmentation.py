@@ -960,6 +960,9 @@ class SegmentationTask(Task):
     metric_label = "Dice"
     higher_is_better = True
     default_model = "unet"
+    predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
+                                 "save_probabilities", "uncertainty", "samples", "seed",
+                                 "per_class"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {
         "data.masks", "data.mask_suffix", "data.modality", "data.spatial_dims",
         "data.val_max_cases", "preprocess", "augment", "physics_noise", "inference",

@@ -82,11 +82,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
         raise ConfigError(f"--samples must be >= 1, got {a.samples}", hint="pass --samples 10")
     folder = ModelFolder.open(a.model)
-    get_task(folder.task).predict(folder, PredictRequest(
+    task = get_task(folder.task)
+    request = PredictRequest(
         input=Path(a.input), output=Path(a.output), checkpoint=a.checkpoint, device=a.device,
         format=a.format, tta=a.tta or None, overlap=a.overlap,
         save_probabilities=a.save_probabilities, split=a.split, uncertainty=a.uncertainty,
-        samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class), log=print)
+        samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class)
+    task.check_request(request)
+    task.predict(folder, request, log=print)
     return 0
 
 
