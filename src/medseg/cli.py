@@ -17,8 +17,11 @@ the exit status is 2 for bad input, 130 for Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
@@ -141,6 +144,9 @@ def _add_predict(sub: Any) -> None:
                         "once), ensemble (an --ensemble model folder's members), tta (flips), "
                         "none (the single prediction: entropy, and the aleatoric term of a "
                         "variance head)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty output folder and replace predictions there (never "
+                        "the inputs: the output may not hold them)")
     p.add_argument("--samples", type=int, default=10, help="T for MC Dropout (default 10)")
     p.add_argument("--uncertainty-seed", type=int, default=0, help="seed of the sampling")
     p.add_argument("--per-class", action="store_true",
@@ -256,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Medical image segmentation: train, predict and evaluate on NIfTI, DICOM, "
                     "NRRD and PNG/TIFF data.",
     )
+    ap.add_argument("--debug", action="store_true",
+                    help="print the full traceback of an internal error (also MEDSEG_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     _add_demo(sub)
@@ -322,9 +330,19 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered networks")
     return ap
 
+def _debug() -> bool:
+    return os.environ.get("MEDSEG_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medseg`` command."""
+    """Entry point of the ``medseg`` command.
+
+    Exit status: 0 done, 2 bad input (one line naming the file, the problem and the fix),
+    1 an internal error (one line saying it is a bug; the traceback with ``--debug`` or
+    ``MEDSEG_DEBUG=1``), 130 Ctrl-C.
+    """
     args = _parser().parse_args(argv)
+    debug = args.debug or _debug()
     try:
         from medseg.workflows import commands
 
@@ -335,6 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nmedseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a dump
+        if debug:
+            traceback.print_exc()
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        print(f"medseg {args.command}: internal error ({type(e).__name__}{where}: "
+              f"{str(e)[:200]}); this is a bug in medseg, please report it"
+              + ("" if debug else " with the traceback from --debug (or MEDSEG_DEBUG=1)"),
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

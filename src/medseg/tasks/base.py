@@ -69,6 +69,8 @@ class PredictRequest:
         overlap: Sliding-window overlap (``None`` = the model's setting).
         save_probabilities: Also write class probabilities (segmentation).
         split: Only this split of a label table (classification).
+        overwrite: Predictions may replace files in a non-empty output folder (never the
+            inputs, and never in the folder that holds them).
         uncertainty: ``None``, or how to sample the prediction for the uncertainty maps and
             tables (U2-U4): ``"mc"``, ``"mc_decoder"``, ``"ensemble"``, ``"tta"``, or
             ``"none"`` (the single deterministic prediction: entropy, and the variance head's
@@ -87,6 +89,7 @@ class PredictRequest:
     overlap: float | None = None
     save_probabilities: bool = False
     split: str | None = None
+    overwrite: bool = False
     uncertainty: str | None = None
     samples: int = 10
     seed: int = 0
@@ -122,6 +125,37 @@ class EvaluateRequest:
     split: str | None = None
     bootstrap: int = 1000
     mask_threshold: float | None = None
+
+
+def check_prediction_output(request: PredictRequest) -> None:
+    """Nothing a prediction writes may destroy data (issue: hostile input, data safety).
+
+    The output folder may not hold any input (``--output`` = the input folder, or a folder
+    above an input file), with or without ``--overwrite``; an existing non-empty output folder
+    is refused unless ``request.overwrite``; an output that is a file is refused.
+
+    Raises:
+        InputError: naming the folder and what to do.
+    """
+    out = request.output.resolve()
+    src = request.input.resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError("the output is a file, not a folder", request.output,
+                         "give a folder for the predictions")
+    inputs = [src] if src.is_file() else (
+        [p.resolve() for p in src.rglob("*") if p.is_file()] if src.is_dir() else [])
+    if src.is_dir() and (out == src or out in src.parents or src in out.parents):
+        raise InputError("the output folder holds the inputs", request.output,
+                         "write the predictions to a new folder (medseg never writes into "
+                         "its input folder)")
+    if any(out == p.parent or out in p.parents for p in inputs):
+        raise InputError("the output folder holds input files", request.output,
+                         "write the predictions to a new folder (medseg never writes over "
+                         "or beside its inputs)")
+    if out.is_dir() and any(out.iterdir()) and not request.overwrite:
+        raise InputError("the output folder is not empty", request.output,
+                         "choose a new folder, or pass --overwrite to replace predictions "
+                         "written there before")
 
 
 class TaskTrainer:
@@ -285,7 +319,7 @@ class Task(ABC):
                     raise ConfigError(f"{flag} applies with --uncertainty only",
                                       hint="add --uncertainty mc|mc_decoder|ensemble|tta|none")
         for f in dataclasses.fields(PredictRequest):
-            if f.name in ("input", "output") or f.name in self.predict_options:
+            if f.name in ("input", "output", "overwrite") or f.name in self.predict_options:
                 continue
             if getattr(request, f.name) != getattr(default, f.name):
                 flag = {"save_probabilities": "--save-probabilities", "per_class": "--per-class",

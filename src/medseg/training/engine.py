@@ -158,6 +158,12 @@ def write_log(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+#: What a run writes in its model folder before its first checkpoint (a folder holding only
+#: these is a run that stopped early and may be started again).
+RUN_ITEMS = frozenset({CONFIG_NAME, "plan.json", LOG_NAME, "instance_targets",
+                       "calibration.json", "reliability_before.png", "reliability_after.png"})
+
+
 def check_output_folder(cfg: ExperimentConfig, resume: bool
                         ) -> tuple[ExperimentConfig, Path, Path]:
     """Refuse to overwrite a model; on resume, return the folder's saved config.
@@ -176,6 +182,15 @@ def check_output_folder(cfg: ExperimentConfig, resume: bool
             "pass --resume to continue it, or choose another --output folder "
             "(medseg never overwrites a model)",
         )
+    if out.exists() and not out.is_dir():
+        raise InputError("the output is a file, not a folder", out,
+                         "give a new folder for the model")
+    foreign = [p.name for p in out.iterdir() if p.name not in RUN_ITEMS] if out.is_dir() else []
+    if not resume and foreign:
+        raise InputError(
+            f"the output folder is not empty and not a medseg model folder (it holds "
+            f"{foreign[0]!r})", out, "choose a new --output folder (medseg never writes into a "
+            "folder of other files)")
     if resume and not last_path.exists():
         raise InputError("nothing to resume: no checkpoint_last.pt", out,
                          "start without --resume")

@@ -75,7 +75,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     """``medseg predict``: the model folder's task predicts."""
     from medseg.model_folder import ModelFolder
     from medseg.tasks import get_task
-    from medseg.tasks.base import PredictRequest
+    from medseg.tasks.base import PredictRequest, check_prediction_output
 
     if a.samples < 1:
         from medseg.errors import ConfigError
@@ -87,8 +87,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
         input=Path(a.input), output=Path(a.output), checkpoint=a.checkpoint, device=a.device,
         format=a.format, tta=a.tta or None, overlap=a.overlap,
         save_probabilities=a.save_probabilities, split=a.split, uncertainty=a.uncertainty,
-        samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class)
+        samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class,
+        overwrite=a.overwrite)
     task.check_request(request)
+    check_prediction_output(request)
     task.predict(folder, request, log=print)
     return 0
 
@@ -292,17 +294,21 @@ def cmd_select(a: argparse.Namespace) -> int:
     from medseg.errors import ConfigError
     from medseg.model_folder import ModelFolder
     from medseg.tasks import get_task
-    from medseg.tasks.base import PredictRequest
+    from medseg.tasks.base import PredictRequest, check_prediction_output
     from medseg.workflows.review import rank_cases, write_ranking
 
     if a.n < 1:
         raise ConfigError(f"--n must be >= 1, got {a.n}", hint="pass --n 10")
     folder = ModelFolder.open(a.model)
     out = Path(a.output)
-    get_task(folder.task).predict(folder, PredictRequest(
-        input=Path(a.pool), output=out / "predictions", device=a.device,
-        uncertainty=a.uncertainty, samples=a.samples, seed=a.seed, split=a.split),
-        log=lambda _m: None)
+    request = PredictRequest(input=Path(a.pool), output=out / "predictions", device=a.device,
+                             uncertainty=a.uncertainty, samples=a.samples, seed=a.seed,
+                             split=a.split)
+    check_prediction_output(request)
+    if (out / "selection.csv").exists():
+        raise ConfigError("the output folder holds a selection already", out,
+                          "choose a new --output folder")
+    get_task(folder.task).predict(folder, request, log=lambda _m: None)
     ranked = rank_cases(out / "predictions", a.by)
     chosen = ranked[: a.n]
     path = write_ranking(chosen, out / "selection.csv")

@@ -24,6 +24,8 @@ from medseg.training.config import ExperimentConfig
 from medseg.training.engine import train
 
 _MARKER = ".medseg_demo"
+#: Everything the demo writes in its output folder (``--force`` removes these and nothing else).
+DEMO_ITEMS = ("data", "model", "predictions", "evaluation", _MARKER)
 
 
 @dataclass
@@ -84,7 +86,12 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> dict:
         if not s.force:
             raise InputError("the demo output folder already exists", out,
                              "pass --force to replace it, or choose another --output")
-        shutil.rmtree(out)
+        for name in DEMO_ITEMS:  # only what the demo writes; files a user added stay
+            item = out / name
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            elif item.exists() or item.is_symlink():
+                item.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("written by medseg demo; safe to delete\n")
     size = s.size or (128 if s.dims == 2 else 48)
