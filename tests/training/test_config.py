@@ -66,3 +66,42 @@ def test_override_errors():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         ExperimentConfig.load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: &x [1, 2]\nb: *x\n", "aliases"),
+    ("train: {epochs: !!python/object/apply:os.system [echo hi]}\n", "not a valid medseg"),
+    ("train: [unclosed\n", "not a valid medseg"),
+])
+def test_config_file_refuses_aliases_tags_and_syntax_errors(tmp_path, text, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        ExperimentConfig.load(p)
+    assert e.value.path == p
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        ExperimentConfig.load(p)
+    assert time.perf_counter() - t0 < 1.0  # (9^10 nodes if expanded)
+
+
+def test_set_with_a_python_tag_or_bad_yaml_and_a_binary_config(tmp_path):
+    cfg = ExperimentConfig()
+    with pytest.raises(ConfigError, match="--set train.epochs"):
+        cfg.override(["train.epochs=!!python/name:os.system"])
+    with pytest.raises(ConfigError, match="not a valid medseg"):
+        cfg.override(["train.patch_size=[1, 2"])
+    b = tmp_path / "c.yaml"
+    b.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match="not a text file"):
+        ExperimentConfig.load(b)

@@ -239,3 +239,19 @@ def test_adaptive_class_weights_logged_and_resumed_exactly(tiny_dataset, tmp_pat
     assert "class_weights_state" in ck["task_state"]
     train(cfg_for(part), resume=True, log=lambda s: None)
     assert _same(_weights(tmp_path / "full"), _weights(part))
+
+
+def test_a_pickle_with_code_is_refused_without_echoing_torchs_advice(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    p = tmp_path / "checkpoint_best.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(InputError, match="not a weights-only checkpoint: medseg never loads "
+                                         "it with weights_only=False") as e:
+        ckpt_mod.load_checkpoint(p)
+    assert "weights_only=True" not in str(e.value) and "Weights only load failed" not in \
+        str(e.value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          "give a model folder written by medseg train")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # the pickle asks for code or a foreign object
+            raise InputError(
+                "not a weights-only checkpoint: medseg never loads it with weights_only=False "
+                "(that would run code from the file)", path,
+                "use a checkpoint written by medseg train") from None
+        raise InputError("cannot read checkpoint (corrupt or not a checkpoint)", path,
+                         "use checkpoint_best.pt or retrain") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise InputError(
-            f"cannot read checkpoint ({type(e).__name__}: {str(e)[:200]})",
+            f"cannot read checkpoint ({type(e).__name__})",
             path,
             "the file is corrupt or not a medseg checkpoint; use checkpoint_best.pt or retrain",
         ) from None

@@ -357,10 +357,14 @@ class ExperimentConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("config file not found", p, "check the path given to --config")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the config is {p.stat().st_size} bytes, more than a config can "
+                              "be", p, "give a YAML configuration file")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML ({e})", p) from None
+            d = load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
+        except UnicodeDecodeError:
+            raise ConfigError("not a text file (not UTF-8)", p,
+                              "give a YAML configuration file") from None
         if not isinstance(d, dict):
             raise ConfigError("the YAML top level must be a mapping of sections", p)
         return cls.from_dict(d, source=str(p))
@@ -388,8 +392,41 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"unknown config key {key!r}; valid keys here: {', '.join(sorted(node))}"
                 )
-            node[leaf] = yaml.safe_load(val)
+            node[leaf] = load_yaml(val, f"--set {key}")
         return ExperimentConfig.from_dict(d, source="--set")
+
+
+#: A configuration larger than this is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors/aliases: a config never needs them, and nested
+    aliases expand exponentially (a 400-byte "billion laughs" document takes gigabytes)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a medseg configuration",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse a configuration text: safe types only, no aliases.
+
+    Raises:
+        ConfigError: a syntax error, an alias, or a tag such as ``!!python/object`` (naming
+            ``source``).
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()
+        msg = " ".join(line.strip() for line in first[:3])
+        raise ConfigError(f"not a valid medseg configuration ({msg[:200]})", source,
+                          "use plain YAML: mappings, lists, numbers, text, true/false") from None
 
 
 def _plain(o: Any) -> Any:

@@ -73,14 +73,16 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     """``medseg predict``: the model folder's task predicts."""
+    from medseg.errors import ConfigError
     from medseg.model_folder import ModelFolder
     from medseg.tasks import get_task
     from medseg.tasks.base import PredictRequest, check_prediction_output
 
     if a.samples < 1:
-        from medseg.errors import ConfigError
-
         raise ConfigError(f"--samples must be >= 1, got {a.samples}", hint="pass --samples 10")
+    if a.overlap is not None and not 0.0 <= a.overlap < 1.0:
+        raise ConfigError(f"--overlap must lie in [0, 1), got {a.overlap}",
+                          hint="pass e.g. --overlap 0.5")
     folder = ModelFolder.open(a.model)
     task = get_task(folder.task)
     request = PredictRequest(
