@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -71,14 +72,55 @@ def atomic_path(dest: Path, suffix: str) -> Iterator[Path]:
         dest: Final path.
         suffix: Ending for the temporary file, e.g. ``".nii.gz"``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(e, dest) from None
     tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial{suffix}"
     try:
-        yield tmp
-        os.replace(tmp, dest)
+        try:
+            yield tmp
+            if tmp.is_file():  # libraries that wrote it themselves did not fsync it
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp, dest)
+            fsync_folder(dest.parent)
+        except OSError as e:
+            raise _write_error(e, dest) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (fsync of the directory; skipped where the
+    platform cannot open a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(e: OSError, dest: Path) -> InputError:
+    """A full disk, a read-only or forbidden folder as one line naming the folder."""
+    folder = dest.parent
+    if e.errno == errno.ENOSPC:
+        free = shutil.disk_usage(folder).free if folder.exists() else 0
+        return InputError(f"no space left on the device writing {dest.name} "
+                          f"({free / 2**20:.1f} MiB free)", folder,
+                          "free some space or write elsewhere; the previous file is kept")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return InputError(f"cannot write {dest.name}: the folder is read-only or not yours "
+                          f"({os.strerror(e.errno)})", folder,
+                          "write to another folder; the previous file is kept")
+    return InputError(f"cannot write {dest.name} ({os.strerror(e.errno) if e.errno else e})",
+                      folder, "check the folder; the previous file is kept")
 
 
 @contextmanager

@@ -164,6 +164,21 @@ RUN_ITEMS = frozenset({CONFIG_NAME, "plan.json", LOG_NAME, "instance_targets",
                        "calibration.json", "reliability_before.png", "reliability_after.png"})
 
 
+def _is_partial(p: Path) -> bool:
+    """A temporary file of an atomic write that a killed process left behind."""
+    return p.name.startswith(".") and ".partial" in p.name
+
+
+def remove_partial_files(folder: Path) -> list[str]:
+    """Delete what killed writes left in a model folder (never a file under its final name)."""
+    gone = []
+    for p in folder.iterdir() if folder.is_dir() else []:
+        if _is_partial(p) and p.is_file():
+            p.unlink()
+            gone.append(p.name)
+    return gone
+
+
 def check_output_folder(cfg: ExperimentConfig, resume: bool
                         ) -> tuple[ExperimentConfig, Path, Path]:
     """Refuse to overwrite a model; on resume, return the folder's saved config.
@@ -185,7 +200,8 @@ def check_output_folder(cfg: ExperimentConfig, resume: bool
     if out.exists() and not out.is_dir():
         raise InputError("the output is a file, not a folder", out,
                          "give a new folder for the model")
-    foreign = [p.name for p in out.iterdir() if p.name not in RUN_ITEMS] if out.is_dir() else []
+    foreign = [p.name for p in out.iterdir() if p.name not in RUN_ITEMS
+               and not _is_partial(p)] if out.is_dir() else []
     if not resume and foreign:
         raise InputError(
             f"the output folder is not empty and not a medseg model folder (it holds "
@@ -386,6 +402,8 @@ class _Run:
         self.start_epoch, self.best, self.history, self.spent = 0, -math.inf * self.sign, [], 0.0
         self.planned = cfg.train.epochs
         self.skipped_total = self.bad_run = 0
+        if info.is_main and remove_partial_files(out):
+            say(f"  removed the temporary files of an interrupted write in {out}")
         if resume:
             self._restore()
         if info.is_main:
