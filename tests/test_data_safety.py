@@ -112,3 +112,27 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(monkeypatch
     monkeypatch.setenv("MEDSEG_DEBUG", "1")
     assert main(["models"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("err, message", [
+    (28, "no space left on the device writing m.json"),   # ENOSPC
+    (30, "the folder is read-only or not yours"),           # EROFS
+])
+def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_the_old_file(
+        tmp_path, monkeypatch, err, message):
+    import os
+
+    from medseg.errors import InputError
+    from medseg.io import atomic
+
+    path = tmp_path / "m.json"
+    atomic.atomic_write_text(path, "old")
+
+    def fail(src, dst):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(InputError, match=message) as e:
+        atomic.atomic_write_text(path, "new")
+    assert e.value.path == tmp_path and "previous file is kept" in str(e.value)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
