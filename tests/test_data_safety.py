@@ -136,3 +136,28 @@ def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_the_old_file(
         atomic.atomic_write_text(path, "new")
     assert e.value.path == tmp_path and "previous file is kept" in str(e.value)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_metrics_json_and_csv_never_disagree_after_a_crash(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from medseg.metrics import aggregate
+
+    out = tmp_path / "ev"
+    aggregate.write_metrics_pair(out, {"v": 1}, "a,b\n1,2\n")
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["metrics_csv_sha256"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    real = aggregate.atomic_write_text
+
+    def crash_on_json(path, text):
+        if path.name == "metrics.json":
+            raise KeyboardInterrupt  # the process dies between the two writes
+        return real(path, text)
+
+    monkeypatch.setattr(aggregate, "atomic_write_text", crash_on_json)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate.write_metrics_pair(out, {"v": 2}, "a,b\n3,4\n")
+    # the new CSV is there, and no metrics.json describes another CSV
+    assert (out / "metrics.csv").read_text() == "a,b\n3,4\n"
+    assert not (out / "metrics.json").exists()

@@ -171,10 +171,34 @@ def write_metrics(
         policy = summary.get("policy")
     pol = policy.to_dict() if isinstance(policy, EmptyPolicy) else policy
     doc = {"policy": pol, "cases": list(case_results), "summary": summary}
+    return write_metrics_pair(out, _jsonable(doc), metrics_csv_text(case_results))
+
+
+def write_metrics_pair(out_dir: str | Path, doc: dict[str, Any], csv_text: str
+                       ) -> tuple[Path, Path]:
+    """``metrics.csv`` then ``metrics.json``, so that the two can never disagree.
+
+    The old ``metrics.json`` is removed first, the new ``metrics.csv`` written atomically, and
+    ``metrics.json`` (with ``metrics_csv_sha256``, the hash of the CSV beside it) written last.
+    After a crash at any moment either ``metrics.json`` is absent (the evaluation did not
+    finish) or it describes exactly the ``metrics.csv`` beside it.
+
+    Returns:
+        Paths of ``metrics.json`` and ``metrics.csv``.
+    """
+    import hashlib
+
+    from medseg.io.atomic import fsync_folder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out / "metrics.json", out / "metrics.csv"
-    text = json.dumps(_jsonable(doc), indent=2, allow_nan=False)
-    atomic_write_text(json_path, text + "\n")
-    atomic_write_text(csv_path, metrics_csv_text(case_results))
+    if json_path.exists():
+        json_path.unlink()
+        fsync_folder(out)
+    atomic_write_text(csv_path, csv_text)
+    doc = {**doc, "metrics_csv_sha256": hashlib.sha256(csv_text.encode("utf-8")).hexdigest()}
+    atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return json_path, csv_path
 
 

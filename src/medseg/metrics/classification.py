@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io.atomic import atomic_write_text
 from medseg.metrics.calibration import classification_calibration
 
 MISSING = -1
@@ -464,11 +462,9 @@ def write_classification_metrics(
     Returns:
         Paths of ``metrics.json`` and ``metrics.csv``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from medseg.metrics.aggregate import write_metrics_pair
+
     doc = {"summary": _jsonable(result), "cases": [_jsonable(dict(r)) for r in per_case_rows]}
-    json_path, csv_path = out / "metrics.json", out / "metrics.csv"
-    atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     cols: list[str] = []
     for r in per_case_rows:
         cols.extend(k for k in r if k not in cols)
@@ -477,8 +473,7 @@ def write_classification_metrics(
     writer.writeheader()
     for r in per_case_rows:
         writer.writerow({k: ("" if _jsonable(v) is None else v) for k, v in r.items()})
-    atomic_write_text(csv_path, buf.getvalue())
-    return json_path, csv_path
+    return write_metrics_pair(out_dir, doc, buf.getvalue())
 
 
 def _jsonable(x: Any) -> Any:

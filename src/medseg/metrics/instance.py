@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,8 +34,6 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-
-from medseg.io.atomic import atomic_write_text
 
 #: ``0.50, 0.55, ..., 0.95`` (rounded, so IoU 0.6 passes t = 0.6 exactly).
 MAP_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.5, 0.95, 10), 2))
@@ -248,13 +245,10 @@ def write_instance_metrics(out_dir: str | Path, cases: Sequence[Mapping[str, Any
     Returns:
         ``(json path, csv path)``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jp, cp = out / "metrics.json", out / "metrics.csv"
+    from medseg.metrics.aggregate import write_metrics_pair
+
     doc = {"format": "medseg-instance-metrics/1", "cases": list(cases), "summary": summary}
-    atomic_write_text(jp, json.dumps(_nan_to_none(doc), indent=2))
-    atomic_write_text(cp, instance_metrics_csv(cases))
-    return jp, cp
+    return write_metrics_pair(out_dir, _nan_to_none(doc), instance_metrics_csv(cases))
 
 
 def _nan_to_none(o: Any) -> Any:

@@ -37,6 +37,7 @@ from medseg.losses.restoration import (
     restoration_nll,
     to_network,
 )
+from medseg.metrics.aggregate import write_metrics_pair
 from medseg.metrics.image_quality import psnr, ssim
 from medseg.model_folder import ModelFolder, Plan
 from medseg.physics.restoration_data import NoiseParams, read_restoration_json
@@ -433,8 +434,7 @@ def evaluate_restoration(pred: str | Path, ref: str | Path, output: str | Path,
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k) for k in ["id", *keys]})
-    csv_path = atomic_write_text(out / "metrics.csv", buf.getvalue())
-    json_path = atomic_write_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
+    json_path, csv_path = write_metrics_pair(out, _finite(result), buf.getvalue())
     log("  ".join(f"{k}={v:.4f}" for k, v in mean.items()) + f"  ({len(rows)} cases)")
     return {"result": result, "files": [json_path, csv_path]}
 
