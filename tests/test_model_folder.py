@@ -182,3 +182,16 @@ def test_predict_refuses_options_the_task_ignores(task, extra, message, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_plan_asking_for_a_huge_network_is_refused_before_allocating(tmp_path):
+    import resource
+
+    folder = _copy(tmp_path)
+    _edit(folder, lambda d: d["model"]["options"].update(channels=[60000, 120000]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="parameters \\(more than") as e:
+        ModelFolder.open(folder).load_network(device="cpu")
+    assert e.value.path.name == "plan.json"
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200  # the ~500 GB network was never allocated

@@ -44,6 +44,8 @@ _CORE_KEYS = ("format", "task", "spatial_dims", "in_channels", "num_classes", "c
               "model", "train_ids", "val_ids", "members")
 #: A plan larger than this is not a medseg plan (a guard before anything is built from it).
 MAX_PLAN_BYTES = 64 * 2**20
+#: A network a plan may ask for (counted on the meta device before any memory is taken).
+MAX_PARAMETERS = 2_000_000_000
 
 
 @dataclass
@@ -269,12 +271,22 @@ class ModelFolder:
         from medseg.networks.heads import add_variance_head
 
         p = self.plan
-        try:
+
+        def build() -> torch.nn.Module:
             net = create_model(p.model_name, spatial_dims=p.spatial_dims,
                                in_channels=p.in_channels, num_classes=p.num_classes,
                                **p.model_options)
             return add_variance_head(net) if p.variance_head else net
-        except (KeyError, TypeError, ValueError) as e:
+
+        try:
+            with torch.device("meta"):  # count first: the plan could ask for any size
+                n = sum(t.numel() for t in build().parameters())
+            if n > MAX_PARAMETERS:
+                raise InputError(f"the network in plan.json would have {n:,} parameters (more "
+                                 f"than {MAX_PARAMETERS:,})", self.path / PLAN_NAME,
+                                 "give the plan.json that medseg train wrote")
+            return build()
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise InputError(f"the network options in plan.json do not build "
                              f"{p.model_name!r}: {e}", self.path / PLAN_NAME,
                              "give the plan.json that medseg train wrote") from None
