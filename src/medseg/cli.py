@@ -114,7 +114,12 @@ def _add_train(sub: Any) -> None:
                    help="train a deep ensemble of M members (seeds seed..seed+M-1) into one "
                         "model folder (member_<k>/); predict averages them")
     t.add_argument("--member", type=int, metavar="K",
-                   help="with --ensemble: train only member K (separate jobs, e.g. one per GPU)")
+                   help="with --ensemble or --folds: train only member (fold) K (separate "
+                        "jobs, e.g. one per GPU)")
+    t.add_argument("--folds", type=int, metavar="K",
+                   help="K-fold cross-validation (grouped by subject, stratified by label): K "
+                        "models in one folder, out-of-fold predictions and an estimate with a "
+                        "95%% interval (oof_metrics.json); predict averages the K models")
     _add_train_overrides(t)
 
 

@@ -44,6 +44,7 @@ ENGINE_SETTINGS = frozenset({
     "train.epochs", "train.steps_per_epoch", "train.batch_size", "train.val_every",
     "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
     "train.deterministic", "train.max_bad_steps", "train.ensemble", "train.calibrate",
+    "train.folds", "data.fold",
 })
 
 #: The settings of ``loss.class_weighting`` (L4), for tasks that use :func:`class_weighting`.
@@ -197,6 +198,12 @@ class TaskTrainer:
     def describe(self, val: dict[str, float]) -> str:
         """Validation metrics -> text for the progress line."""
         return "".join(f"  {k} {v:.4f}" for k, v in val.items())
+
+    def out_of_fold(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """One row per validation case for the out-of-fold estimate of a K-fold run: ``id``
+        and what the task's estimate needs (classification: ``label`` and ``logits``;
+        segmentation: per-class Dice)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Task state carried in checkpoints."""
@@ -364,6 +371,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def split_ids(cfg: ExperimentConfig, ids: list[str], strata: list[object] | None = None
+              ) -> tuple[list[str], list[str]]:
+    """Training and validation ids: fold ``data.fold`` of ``train.folds`` (grouped by subject,
+    stratified by ``strata``), or the ``data.val_fraction`` split by subject."""
+    from medseg.data.splits import fold_split, split_cases
+
+    if cfg.train.folds > 1:
+        if cfg.data.fold is None:
+            raise ConfigError("train.folds > 1 needs data.fold (the engine sets it per fold)",
+                              hint="train with medseg train --folds K")
+        return fold_split(ids, cfg.train.folds, cfg.data.fold, cfg.data.split_seed,
+                          cfg.data.group_regex, strata)
+    return split_cases(ids, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.group_regex)
 
 
 def plan_entry(plan: Any, key: str, kind: type | tuple[type, ...], source: Path) -> Any:

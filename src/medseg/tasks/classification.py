@@ -18,7 +18,7 @@ import csv
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from medseg.data.classification import ClsDataset, load_images, open_classification
-from medseg.data.splits import split_cases
 from medseg.errors import ConfigError, InputError
 from medseg.io import list_image_files, read_image
 from medseg.io.atomic import atomic_write_text
@@ -51,6 +50,7 @@ from medseg.tasks.base import (
     class_weighting,
     index_batches,
     plan_entry,
+    split_ids,
 )
 from medseg.tasks.outputs import ClassProbs, MultiLabel
 from medseg.training.calibration import CalibrationSet, read_temperature, temper
@@ -72,6 +72,7 @@ class ClsArrays:
         val_y: Validation labels.
         task: ``"single"`` or ``"multi"``.
         class_names: One name per class / label.
+        val_ids: Ids of the validation images (out-of-fold rows of a K-fold run).
     """
 
     train_x: np.ndarray
@@ -80,6 +81,7 @@ class ClsArrays:
     val_y: np.ndarray
     task: str
     class_names: list[str]
+    val_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.task not in ("single", "multi"):
@@ -236,6 +238,11 @@ class ClassificationTrainer(TaskTrainer):
         return {"val_auroc": float(res["macro"]["auroc"]),
                 "val_accuracy": float(res["macro"].get("accuracy", float("nan")))}
 
+    def out_of_fold(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        logits = classifier_logits(model, self.data.val_x, self.device)
+        return [{"id": i, "label": np.asarray(y).tolist(), "logits": z.tolist()}
+                for i, y, z in zip(self.data.val_ids, self.data.val_y, logits, strict=True)]
+
     def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:
         """The validation images' logits and labels (missing labels left out)."""
         d = self.data
@@ -301,20 +308,24 @@ def prepare_classification(cfg: ExperimentConfig, log: Log = print
     """
     ds = open_classification(cfg.data.dataset, modality=cfg.data.modality or "other")
     splits = ds.splits()
-    if "train" in splits and "val" in splits:
+    if "train" in splits and "val" in splits and cfg.train.folds < 2:
         tr, va = ds.subset(split="train"), ds.subset(split="val")
     else:
-        ids = ds.ids
-        tr_ids, va_ids = split_cases(ids, cfg.data.val_fraction, cfg.data.split_seed,
-                                     cfg.data.group_regex)
+        # K folds pool the dataset's train and val splits (never a test split)
+        keep = [k for k, it in enumerate(ds.items) if it.split in (None, "", "train", "val")]
+        pool = ds.subset(indices=keep)
+        ids = pool.ids
+        labels = pool.labels()
+        strata = [int(v) if np.ndim(v) == 0 else tuple(int(t) for t in v) for v in labels]
+        tr_ids, va_ids = split_ids(cfg, ids, strata)
         pos = {i: k for k, i in enumerate(ids)}
-        tr = ds.subset(indices=[pos[i] for i in tr_ids])
-        va = ds.subset(indices=[pos[i] for i in va_ids])
+        tr = pool.subset(indices=[pos[i] for i in tr_ids])
+        va = pool.subset(indices=[pos[i] for i in va_ids])
     srcs = [str(it.images[0]) if it.images else it.item_id for it in tr.items + va.items]
     x = preprocess_cls_images(list(load_images(tr)) + list(load_images(va)),
                               cfg.data.image_size, srcs)
     arrays = ClsArrays(x[: len(tr.items)], tr.labels(), x[len(tr.items):], va.labels(),
-                       ds.task, list(ds.class_names))
+                       ds.task, list(ds.class_names), list(va.ids))
     log(f"  {len(tr.items)} training / {len(va.items)} validation images "
         f"{list(x.shape[1:])}, {ds.task}-label, classes {ds.class_names}")
     plan = {"image_size": list(x.shape[2:]), "val_ids": va.ids, "train_ids": tr.ids}

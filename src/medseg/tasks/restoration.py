@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.data.splits import split_cases
 from medseg.errors import ConfigError, InputError
 from medseg.io import list_image_files, read_image, write_image
 from medseg.io.atomic import atomic_write_text
@@ -51,6 +50,7 @@ from medseg.tasks.base import (
     TaskTrainer,
     index_batches,
     plan_entry,
+    split_ids,
 )
 from medseg.training.config import ExperimentConfig
 
@@ -161,8 +161,7 @@ def prepare_restoration(cfg: ExperimentConfig, log: Log = print
     if len(shapes) > 1:
         raise InputError(f"images differ in size ({sorted(shapes)[:3]})", cfg.data.dataset,
                          "restoration training stacks whole images: give one size")
-    tr_ids, va_ids = split_cases(ids, cfg.data.val_fraction, cfg.data.split_seed,
-                                 cfg.data.group_regex) if len(ids) > 1 else (ids, [])
+    tr_ids, va_ids = split_ids(cfg, ids) if len(ids) > 1 else (ids, [])
     pos = {c: i for i, c in enumerate(ids)}
     x, y = np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
     tr = [pos[c] for c in tr_ids]

@@ -41,7 +41,7 @@ from medseg.data import (
 )
 from medseg.data.layouts import load_image_mask_folders, modality_of_channel
 from medseg.data.sampler import PatchBatchLoader, PatchSampler
-from medseg.data.splits import auto_patch_size, split_cases
+from medseg.data.splits import auto_patch_size
 from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.inference import predict_probs
@@ -77,6 +77,7 @@ from medseg.tasks.base import (
     class_weighting,
     output_label,
     plan_entry,
+    split_ids,
 )
 from medseg.tasks.outputs import ObservationMask, SegProbs
 from medseg.training.augmentation import make_augmenter
@@ -176,8 +177,7 @@ def prepare_data(cfg: ExperimentConfig, log: Log = print,
     if plan.target_spacing is not None:
         log(f"  resampling to spacing {plan.target_spacing} (median spacing "
             f"{[round(s, 3) for s in summary.median_spacing]})")
-    train_ids, val_ids = split_cases(summary.case_ids, cfg.data.val_fraction,
-                                     cfg.data.split_seed, cfg.data.group_regex)
+    train_ids, val_ids = split_ids(cfg, summary.case_ids)
     tr_x, tr_y, va_x, va_y, tr_aff = [], [], [], [], []
     for cid in summary.case_ids:
         lc = summary.loaded.pop(cid)
@@ -253,16 +253,18 @@ def choose_patch_size(cfg: ExperimentConfig, data: PreparedData, model: torch.nn
 
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, rows: list[dict[str, Any]] | None = None
+             ) -> dict[str, float]:
     """Mean hard Dice per foreground class over the validation cases.
 
     Runs on preprocessed arrays (the network's own grid) with sliding windows; the observation
-    mask (ignore label) excludes unlabelled voxels from both prediction and reference.
+    mask (ignore label) excludes unlabelled voxels from both prediction and reference. With
+    ``rows``, one ``{"id", "dice_<class>"...}`` row per case is appended to it.
     """
     fg = list(range(1, data.num_classes))
     per_case: dict[int, list[float]] = {c: [] for c in fg}
     n = cfg.data.val_max_cases or len(data.val_images)
-    for img, lab in zip(data.val_images[:n], data.val_labels[:n], strict=True):
+    for k, (img, lab) in enumerate(zip(data.val_images[:n], data.val_labels[:n], strict=True)):
         probs = predict_probs(
             model, torch.from_numpy(img)[None], roi_size=data.patch_size,
             overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
@@ -272,6 +274,9 @@ def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
         observed = ObservationMask.from_labels(torch.from_numpy(lab), data.ignore_label)
         for c in fg:
             per_case[c].append(dice(pred == c, lab == c, mask=observed.observed.numpy()))
+        if rows is not None:
+            rows.append({"id": data.val_ids[k], **{f"dice_{data.class_names[c]}":
+                                                   per_case[c][-1] for c in fg}})
     out = {f"dice_{data.class_names[c]}": float(np.mean(per_case[c])) if per_case[c] else
            float("nan") for c in fg}
     vals = [v for v in out.values() if not math.isnan(v)]
@@ -358,6 +363,11 @@ class SegmentationTrainer(TaskTrainer):
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         return validate(model, self.data, self.cfg, self.device)
+
+    def out_of_fold(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        validate(model, self.data, self.cfg, self.device, rows)
+        return rows
 
     @torch.inference_mode()
     def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:

@@ -40,6 +40,8 @@ class DataConfig:
             the others stay held out of training.
         image_size: Classification only: resize every image to this spatial size (``None``
             keeps the size; then all images must share it).
+        fold: With ``train.folds = K``: the validation fold of this run (set by the engine
+            for each fold member; ``None`` otherwise).
     """
 
     dataset: str = ""
@@ -52,6 +54,7 @@ class DataConfig:
     split_seed: int = 0
     val_max_cases: int = 0
     image_size: list[int] | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -199,6 +202,10 @@ class TrainConfig:
             (``member_<k>/``, seed ``seed + k``); 1 = a single model.
         calibrate: Fit a temperature on the validation split at the end of training and
             write ``calibration.json`` (U5); prediction then uses it.
+        folds: K-fold cross-validation (``K >= 2``): K models (``fold_<k>/``, fold ``k``
+            held out, grouped by subject and stratified by label) in one model folder, their
+            out-of-fold predictions and estimate with an interval beside them; prediction
+            averages the K models. 1 = one train/validation split (``data.val_fraction``).
     """
 
     epochs: int = 50
@@ -217,9 +224,11 @@ class TrainConfig:
     max_bad_steps: int = 5
     ensemble: int = 1
     calibrate: bool = True
+    folds: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble",
+                     "folds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.fg_oversample <= 1.0:

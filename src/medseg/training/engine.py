@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -53,6 +54,7 @@ from medseg.training.distributed import (
     cleanup,
     init_distributed,
 )
+from medseg.training.oof import OOF_NAME
 
 
 class TrainingError(MedsegError):
@@ -160,7 +162,7 @@ def write_log(path: Path, history: list[dict]) -> None:
 
 #: What a run writes in its model folder before its first checkpoint (a folder holding only
 #: these is a run that stopped early and may be started again).
-RUN_ITEMS = frozenset({CONFIG_NAME, "plan.json", LOG_NAME, "instance_targets",
+RUN_ITEMS = frozenset({CONFIG_NAME, "plan.json", LOG_NAME, "instance_targets", OOF_NAME,
                        "calibration.json", "reliability_before.png", "reliability_after.png"})
 
 
@@ -217,14 +219,17 @@ def check_output_folder(cfg: ExperimentConfig, resume: bool
     return cfg, out, last_path
 
 
-def _saved_ensemble(cfg: ExperimentConfig) -> int:
+def _saved_members(cfg: ExperimentConfig) -> int:
     saved = Path(cfg.output_dir) / CONFIG_NAME
-    return ExperimentConfig.load(saved).train.ensemble if saved.is_file() else 1
+    if not saved.is_file():
+        return 1
+    c = ExperimentConfig.load(saved)
+    return max(c.train.ensemble, c.train.folds if c.data.fold is None else 1)
 
 
-def member_name(k: int) -> str:
-    """The sub-folder of ensemble member ``k``."""
-    return f"member_{k}"
+def member_name(k: int, folds: bool = False) -> str:
+    """The sub-folder of ensemble member (or fold) ``k``."""
+    return f"fold_{k}" if folds else f"member_{k}"
 
 
 def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
@@ -270,11 +275,15 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
         raise InputError("the output folder already holds a trained model", out,
                          "pass --resume to continue it, or choose another --output folder "
                          "(medseg never overwrites a model)")
-    n = cfg.train.ensemble
+    folds = cfg.train.folds > 1
+    if folds and cfg.train.ensemble > 1:
+        raise ConfigError("train.folds and train.ensemble do not combine yet (the K fold models "
+                          "are already an ensemble)", hint="set one of them")
+    n = cfg.train.folds if folds else cfg.train.ensemble
     todo = list(range(n)) if members is None else members
     bad = [k for k in todo if not 0 <= k < n]
     if bad:
-        raise ConfigError(f"ensemble member {bad[0]} does not exist (train.ensemble = {n})",
+        raise ConfigError(f"member {bad[0]} does not exist ({n} members)",
                           hint=f"give a member between 0 and {n - 1}")
     say = log or print
     if not (out / CONFIG_NAME).exists():
@@ -282,9 +291,13 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
         cfg.save(out / CONFIG_NAME)
     results = []
     for k in todo:
-        sub = out / member_name(k)
+        sub = out / member_name(k, folds)
         mcfg = ExperimentConfig.from_dict(cfg.to_dict())
-        mcfg.output_dir, mcfg.train.seed, mcfg.train.ensemble = str(sub), cfg.train.seed + k, 1
+        mcfg.output_dir, mcfg.train.ensemble = str(sub), 1
+        if folds:
+            mcfg.data.fold = k
+        else:
+            mcfg.train.seed = cfg.train.seed + k
         again = (sub / LAST_NAME).is_file()
         if again and not resume and one_job:
             raise InputError(f"ensemble member {k} is already trained", sub,
@@ -295,24 +308,36 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
                 say(f"ensemble member {k + 1}/{n}: complete, kept")
                 results.append(float(ck.get("best_metric", math.nan)))
                 continue
-        say(f"ensemble member {k + 1}/{n} (seed {mcfg.train.seed})")
+        say(f"fold {k + 1}/{n}" if folds else f"ensemble member {k + 1}/{n} "
+            f"(seed {mcfg.train.seed})")
         res = train(mcfg, resume=again, log=log)
         if res.interrupted or not res.is_main:
             return res
         results.append(res.best_metric)
-    done = [k for k in range(n) if (out / member_name(k) / LAST_NAME).is_file()
-            and _complete(out / member_name(k))]
+    names = [member_name(k, folds) for k in range(n)]
+    done = [k for k in range(n) if (out / names[k] / LAST_NAME).is_file()
+            and _complete(out / names[k])]
     if len(done) == n:
-        first = ModelFolder.open(out / member_name(0))
+        first = ModelFolder.open(out / names[0])
         plan = first.plan
-        plan.members = [member_name(k) for k in range(n)]
-        plan.entries = {**plan.entries, "ensemble": {"kind": "seeds", "members": n,
-                                                     "seeds": [cfg.train.seed + k
-                                                               for k in range(n)]}}
+        plan.members = names
+        kind = ({"kind": "folds", "members": n, "stratified": True,
+                 "group_regex": cfg.data.group_regex, "split_seed": cfg.data.split_seed}
+                if folds else {"kind": "seeds", "members": n,
+                               "seeds": [cfg.train.seed + k for k in range(n)]})
+        plan.entries = {**plan.entries, "ensemble": kind}
+        if folds:  # every case was seen by the model that did not train on it
+            plan.train_ids = sorted({i for m in names for i in
+                                     ModelFolder.open(out / m).plan.val_ids})
+            plan.val_ids = []
+            from medseg.training.oof import write_out_of_fold
+
+            report = write_out_of_fold(out, names, cfg.task)
+            say(f"out-of-fold estimate over {n} folds: {report}")
         write_plan(plan, out)
-        say(f"ensemble of {n} written to {out}")
+        say(f"{'cross-validation' if folds else 'ensemble'} of {n} written to {out}")
     else:
-        say(f"ensemble: {len(done)}/{n} members complete; train the others with --member K")
+        say(f"{len(done)}/{n} members complete; train the others with --member K")
     task_name = cfg.task
     from medseg.tasks import get_task
 
@@ -352,7 +377,8 @@ def train(cfg: ExperimentConfig, resume: bool = False,
     """
     from medseg.tasks import get_task
 
-    if cfg.train.ensemble > 1 or (resume and _saved_ensemble(cfg) > 1):
+    if (cfg.train.ensemble > 1 or (cfg.train.folds > 1 and cfg.data.fold is None)
+            or (resume and _saved_members(cfg) > 1)):
         return train_ensemble(cfg, resume, log)
     cfg, out, last_path = check_output_folder(cfg, resume)
     try:
@@ -512,16 +538,24 @@ class _Run:
             atomic_torch_save(state, self.out / BEST_NAME)
         write_log(self.out / LOG_NAME, self.history)
 
-    def calibrate(self) -> None:
-        """Temperature scaling of the best checkpoint on the validation split (U5)."""
+    def finish(self) -> None:
+        """With the best checkpoint: the out-of-fold rows of a fold run (``oof.json``) and
+        temperature scaling on the validation split (U5)."""
         from medseg.training.calibration import calibrate, describe, write_calibration
 
         best = self.out / BEST_NAME
         if best.is_file():
             self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
         self.model.eval()
-        cs = self.trainer.calibration_set(self.model)
-        self.model.train()
+        try:
+            if self.cfg.data.fold is not None:
+                rows = self.trainer.out_of_fold(self.model)
+                atomic_write_text(self.out / OOF_NAME, json.dumps(
+                    {"fold": self.cfg.data.fold, "rows": rows}))
+            cs = self.trainer.calibration_set(self.model) if self.cfg.train.calibrate \
+                else None
+        finally:
+            self.model.train()
         if cs is None or cs.targets.numel() == 0:
             return
         doc = calibrate(cs)
@@ -582,9 +616,10 @@ class _Run:
             interrupted = True
             self.say(f"\ninterrupted during epoch {epoch + 1}; the last complete checkpoint is "
                      f"kept at {self.last_path} (epoch {epoch}). Continue with --resume.")
-        if not interrupted and cfg.train.calibrate and trainer.n_val > 0:
+        if not interrupted and trainer.n_val > 0 and (cfg.train.calibrate
+                                                      or cfg.data.fold is not None):
             if info.is_main:
-                self.calibrate()
+                self.finish()
             barrier(info)  # the other ranks wait: none leaves the group before rank 0
         return TrainResult(self.out, epoch, self.best, self.task.key_metric,
                            self.task.metric_label, self.history, interrupted, info.is_main,

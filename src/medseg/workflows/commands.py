@@ -29,7 +29,7 @@ def build_train_config(a: argparse.Namespace) -> ExperimentConfig:
         "train.steps_per_epoch": a.steps_per_epoch, "train.batch_size": a.batch_size,
         "train.patch_size": a.patch_size, "train.max_minutes": a.max_minutes,
         "train.seed": a.seed, "train.device": a.device, "task": a.task,
-        "train.ensemble": a.ensemble,
+        "train.ensemble": a.ensemble, "train.folds": a.folds,
     }
     for key, val in flags.items():
         if val is None:
@@ -54,11 +54,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.member is not None:
         from medseg.training.engine import train_ensemble
 
-        if cfg.train.ensemble < 2:
+        if cfg.train.ensemble < 2 and cfg.train.folds < 2:
             from medseg.errors import ConfigError
 
-            raise ConfigError("--member needs --ensemble M (M >= 2)",
-                              hint="pass --ensemble M with --member K")
+            raise ConfigError("--member needs --ensemble M or --folds K",
+                              hint="pass --ensemble M (or --folds K) with --member K")
         result = train_ensemble(cfg, resume=a.resume, members=[a.member])
     else:
         result = train(cfg, resume=a.resume)

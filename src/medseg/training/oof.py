@@ -1,0 +1,135 @@
+"""The out-of-fold estimate of a K-fold run: every case predicted by the model that never saw it.
+
+Each fold member writes ``oof.json`` (its validation rows, from the task's
+:meth:`~medseg.tasks.base.TaskTrainer.out_of_fold`) with its best checkpoint; when all folds are
+complete :func:`write_out_of_fold` joins them in the top model folder:
+
+* classification: ``oof_predictions.csv`` (``id, fold, p_<class>..., label``) and
+  ``oof_metrics.json`` (the evaluation of :func:`medseg.metrics.classification
+  .evaluate_classification` with 95% bootstrap intervals), and the folder's
+  ``calibration.json``: the temperature fitted on the out-of-fold logits (the fold ensemble's
+  predictions use it);
+* segmentation / instances: ``oof_metrics.csv`` (Dice per case and class) and
+  ``oof_metrics.json`` (mean per class with a 95% bootstrap interval over cases).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.io.atomic import atomic_write_text
+
+OOF_NAME = "oof.json"
+
+
+def _rows(out: Path, names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        doc = json.loads((out / name / OOF_NAME).read_text())
+        rows += [{**r, "fold": int(doc["fold"])} for r in doc["rows"]]
+    return rows
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0
+                      ) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean (NaN values left out)."""
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def write_out_of_fold(out: Path, names: list[str], task: str) -> str:
+    """Join the folds' ``oof.json`` into the top folder's estimate; returns a one-line summary."""
+    from medseg.model_folder import ModelFolder
+
+    rows = _rows(out, names)
+    if not rows:
+        return "no out-of-fold rows (the task has no per-case estimate)"
+    plan = ModelFolder.open(out / names[0]).plan
+    if task == "classification":
+        return _classification(out, rows, plan)
+    return _per_case(out, rows)
+
+
+def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
+    from medseg.metrics.classification import evaluate_classification
+    from medseg.training.calibration import CalibrationSet, calibrate, write_calibration
+    from medseg.uncertainty.calibration import observed_elements
+
+    single = plan["label_task"] == "single"
+    names = list(plan.class_names)
+    logits = torch.tensor([r["logits"] for r in rows], dtype=torch.float64)
+    labels = np.array([r["label"] for r in rows])
+    probs = (torch.softmax(logits, 1) if single else torch.sigmoid(logits)).numpy()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "fold", *[f"p_{n}" for n in names], "label"])
+    for r, p in zip(rows, probs, strict=True):
+        w.writerow([r["id"], r["fold"], *[f"{v:.6f}" for v in p],
+                    r["label"] if single else ";".join(str(int(v)) for v in r["label"])])
+    atomic_write_text(out / "oof_predictions.csv", buf.getvalue())
+    task = "single" if single else "multi"
+    res = evaluate_classification(probs, labels, task, names, n_boot=1000, seed=0)
+    atomic_write_text(out / "oof_metrics.json", json.dumps(
+        {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
+         "n_cases": len(rows), **_plain(res)}, indent=2))
+    kind = "softmax" if single else "sigmoid"
+    z, y = observed_elements(logits, torch.from_numpy(labels), kind=kind)
+    doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
+                                   "image(s))", len(rows)))
+    write_calibration(out, doc, overwrite=True)
+    m, ci = res["macro"], res.get("ci", {}).get("macro", {})
+    parts = []
+    for key in ("auroc", "accuracy"):
+        if m.get(key) is not None:
+            lo, hi = ci.get(key, (None, None))
+            parts.append(f"{key} {m[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None
+                                                  else ""))
+    return ", ".join(parts) + f"; temperature {doc['temperature']:.3f}"
+
+
+def _per_case(out: Path, rows: list[dict[str, Any]]) -> str:
+    keys = [k for k in rows[0] if k.startswith("dice_")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["id", "fold", *keys], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in ["id", "fold", *keys]})
+    atomic_write_text(out / "oof_metrics.csv", buf.getvalue())
+    summary = {}
+    for k in keys:
+        v = np.array([np.nan if r[k] is None else float(r[k]) for r in rows])
+        lo, hi = bootstrap_mean_ci(v)
+        summary[k] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
+                      "ci95": [lo, hi], "n": int(np.isfinite(v).sum())}
+    atomic_write_text(out / "oof_metrics.json", json.dumps(
+        {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
+         "n_cases": len(rows), "interval": "95% percentile bootstrap over cases (1000)",
+         "per_class": _plain(summary)}, indent=2))
+    return ", ".join(f"{k[5:]} {s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+                     for k, s in summary.items() if s["mean"] is not None)
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _plain(o.tolist())
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, float | np.floating):
+        return None if not math.isfinite(float(o)) else float(o)
+    return o

@@ -1,0 +1,119 @@
+"""K-fold cross-validation through the engine: K models in one folder, out-of-fold predictions
+covering every case once, an estimate with an interval, the fold ensemble at prediction, and a
+fold resumed after an interrupt."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import _parser, main
+from medseg.model_folder import ModelFolder
+from medseg.tasks.classification import classifier_logits, preprocess_cls_images
+from medseg.training.calibration import read_temperature
+from medseg.training.engine import train
+from medseg.workflows.commands import build_train_config
+
+CLS = ["--task", "classification", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size",
+       "8", "--device", "cpu", "--set", "model.options.channels=[4,8]",
+       "--set", "model.options.blocks_per_stage=[1,1]"]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 48)
+    x = rng.integers(0, 60, (48, 16, 16)).astype(np.uint8)
+    x[y == 1, 4:12, 4:12] = 200
+    p = tmp_path_factory.mktemp("folds") / "toy.npz"
+    np.savez(p, train_images=x[:36], train_labels=y[:36, None], val_images=x[36:],
+             val_labels=y[36:, None], test_images=x[:4], test_labels=y[:4, None])
+    return p, y
+
+
+def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
+    p, y = npz
+    out = tmp_path / "cv"
+    assert main(["train", "--dataset", str(p), "--output", str(out), "--folds", "3", *CLS]) == 0
+    folder = ModelFolder.open(out)
+    assert folder.plan.members == ["fold_0", "fold_1", "fold_2"]
+    assert folder.plan["ensemble"]["kind"] == "folds"
+    rows = list(csv.DictReader(open(out / "oof_predictions.csv")))
+    ids = [r["id"] for r in rows]
+    assert len(ids) == 48 and len(set(ids)) == 48  # every train/val case exactly once
+    assert not any(i.startswith("test") for i in ids)  # the test split is never pooled
+    for k in range(3):  # each fold's rows are the validation ids of that fold's model
+        val = set(ModelFolder.open(out / f"fold_{k}").plan.val_ids)
+        assert {r["id"] for r in rows if r["fold"] == str(k)} == val
+    labels = {r["id"]: int(r["label"]) for r in rows}
+    per_fold = [sum(labels[i] for i in ModelFolder.open(out / f"fold_{k}").plan.val_ids)
+                for k in range(3)]
+    assert max(per_fold) - min(per_fold) <= 1  # stratified: positives spread evenly
+    est = json.loads((out / "oof_metrics.json").read_text())
+    assert est["estimate"] == "out-of-fold" and est["n_cases"] == 48
+    lo, hi = est["ci"]["macro"]["auroc"]
+    assert lo <= est["macro"]["auroc"] <= hi
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["fitted_on"].startswith("the out-of-fold predictions")
+    # the fold ensemble predicts the mean of its members (each at the folder's temperature)
+    pred = tmp_path / "p"
+    assert main(["predict", "--model", str(out), "--input", str(p), "--split", "test",
+                 "--output", str(pred), "--device", "cpu"]) == 0
+    got = torch.tensor([[float(r["p_0"]), float(r["p_1"])]
+                        for r in csv.DictReader(open(pred / "predictions.csv"))])
+    data = np.load(p)
+    x = preprocess_cls_images(list(data["test_images"][:, None].astype(np.float32)), [16, 16],
+                              ["a", "b", "c", "d"])
+    t = read_temperature(out)
+    nets, dev = folder.load_networks(device="cpu")
+    want = torch.stack([torch.softmax(classifier_logits(n, x, dev) / t, 1) for n in nets]).mean(0)
+    assert torch.allclose(got, want, atol=2e-6)
+
+
+def test_a_fold_resumes_after_an_interrupt(npz, tmp_path):
+    p, _ = npz
+
+    def cfg(out):
+        return build_train_config(_parser().parse_args(
+            ["train", "--dataset", str(p), "--output", str(out), "--folds", "2", *CLS]))
+
+    straight = tmp_path / "a"
+    train(cfg(straight), log=lambda _m: None)
+
+    def stop_in_fold_1(msg: str) -> None:
+        stop_in_fold_1.fold += msg.startswith("fold ")
+        if stop_in_fold_1.fold == 2 and msg.startswith("  epoch 1/2"):
+            raise KeyboardInterrupt
+
+    stop_in_fold_1.fold = 0
+    cut = tmp_path / "b"
+    assert train(cfg(cut), log=stop_in_fold_1).interrupted
+    assert not (cut / "plan.json").exists()  # incomplete: no top plan yet
+    train(cfg(cut), resume=True, log=lambda _m: None)
+    for k in range(2):
+        a = torch.load(straight / f"fold_{k}" / "checkpoint_last.pt", weights_only=True)
+        b = torch.load(cut / f"fold_{k}" / "checkpoint_last.pt", weights_only=True)
+        assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+    assert (cut / "oof_predictions.csv").read_text() == \
+        (straight / "oof_predictions.csv").read_text()
+
+
+def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path):
+    ds, out = tmp_path / "ds", tmp_path / "cv"
+    assert main(["phantoms", "--output", str(ds), "--dims", "2", "--size", "32", "--n-train",
+                 "6", "--n-test", "0"]) == 0
+    assert main(["train", "--dataset", str(ds), "--output", str(out), "--folds", "3",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+                 "--patch-size", "32", "32", "--device", "cpu",
+                 "--set", "model.options.channels=[4,8]"]) == 0
+    est = json.loads((out / "oof_metrics.json").read_text())
+    assert est["n_cases"] == 6 and set(est["per_class"]) == {"dice_organ", "dice_lesion"}
+    rows = list(csv.DictReader(open(out / "oof_metrics.csv")))
+    organ = np.array([float(r["dice_organ"]) for r in rows])
+    assert est["per_class"]["dice_organ"]["mean"] == pytest.approx(organ.mean())
+    lo, hi = est["per_class"]["dice_organ"]["ci95"]
+    assert lo <= organ.mean() <= hi
