@@ -184,6 +184,12 @@ def _add_evaluate(sub: Any) -> None:
                         "F1@0.5, AP@0.5, mAP 0.5:0.95 and PQ per case and their means")
     e.add_argument("--mask-threshold", type=float, default=None,
                    help="instances: binarise soft DSB2018 masks at this fraction of their max")
+    e.add_argument("--nsd-tolerance", type=float, default=1.0,
+                   help="segmentation: tolerance in mm of the normalised surface Dice "
+                        "(default %(default)s)")
+    e.add_argument("--surface", choices=("full", "face"), default="full",
+                   help="segmentation: surface of HD95/ASSD/NSD: full (8/26 neighbours, "
+                        "default) or face (4/6 neighbours, MONAI's)")
     e.add_argument("--bootstrap", type=int, default=1000,
                    help="classification: bootstrap resamples for the 95%% intervals")
 

@@ -23,11 +23,11 @@ from medseg.metrics.policy import EmptyPolicy
 from medseg.metrics.segmentation import CLASS_RESULT_KEYS
 
 #: Metrics summarised by default.
-SUMMARY_METRICS = ("dice", "iou", "hd95", "assd")
+SUMMARY_METRICS = ("dice", "iou", "hd95", "assd", "nsd")
 STAT_KEYS = ("mean", "median", "std", "min", "max", "n", "n_nan")
 _UNITS = {"hd95": "mm", "assd": "mm"}
 _FLOAT_KEYS = frozenset(
-    {"dice", "iou", "hd95", "assd", "volume_pred", "volume_ref",
+    {"dice", "iou", "hd95", "assd", "nsd", "volume_pred", "volume_ref",
      "mean", "median", "std", "min", "max"}
 )
 
@@ -84,9 +84,10 @@ def summarize(
     for case in case_results:
         for cid, res in case["classes"].items():
             bucket = per_class.setdefault(int(cid), {k: [] for k in metrics})
-            for k in metrics:
-                bucket[k].append(float(res[k]))
-                pooled[k].append(float(res[k]))
+            for k in metrics:  # a result without the metric (older files) counts as NaN
+                v = float(res.get(k, math.nan))
+                bucket[k].append(v)
+                pooled[k].append(v)
     return {
         "n_cases": len(case_results),
         "policy": _policy_of(case_results),

@@ -15,15 +15,17 @@ import numpy as np
 
 from medseg.metrics.policy import DEFAULT_POLICY, EmptyPolicy
 from medseg.metrics.surface import (
+    CONNECTIVITIES,
     assd_from_distances,
     check_spacing,
     hausdorff_from_distances,
+    nsd_from_distances,
     surface_distances,
 )
 
 #: Per-class result keys, in the order of ``metrics.csv`` columns.
 CLASS_RESULT_KEYS = (
-    "dice", "iou", "hd95", "assd", "tp", "fp", "fn", "n_pred", "n_ref",
+    "dice", "iou", "hd95", "assd", "nsd", "tp", "fp", "fn", "n_pred", "n_ref",
     "volume_pred", "volume_ref", "volume_unit", "pred_empty", "ref_empty",
 )
 
@@ -36,6 +38,8 @@ def evaluate_case(
     mask: Any | None = None,
     policy: EmptyPolicy | None = None,
     case_id: str | None = None,
+    nsd_tolerance: float = 1.0,
+    connectivity: str = "full",
 ) -> dict[str, Any]:
     """Overlap, surface and volume metrics of every foreground class of one case.
 
@@ -48,6 +52,9 @@ def evaluate_case(
         mask: Optional binary observation mask ``(*spatial)``; only voxels where it is 1 count.
         policy: Empty-case policy (default :data:`DEFAULT_POLICY`).
         case_id: Name of the case, kept in the result for tables and files.
+        nsd_tolerance: Tolerance in mm of the normalised surface Dice.
+        connectivity: Surface definition of HD95 / ASSD / NSD, ``"full"`` or ``"face"``
+            (:mod:`medseg.metrics.surface`).
 
     Returns:
         ``{"case", "shape", "spacing", "n_observed", "policy", "classes"}`` where ``classes``
@@ -63,6 +70,10 @@ def evaluate_case(
         raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
     sp = check_spacing(spacing, pred.ndim)
     pol = policy or DEFAULT_POLICY
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {CONNECTIVITIES}, got {connectivity!r}")
+    if not nsd_tolerance >= 0:
+        raise ValueError(f"nsd_tolerance must be >= 0 mm, got {nsd_tolerance}")
     if mask is not None:
         m = np.asarray(mask)
         if m.shape != pred.shape:
@@ -95,14 +106,17 @@ def evaluate_case(
         iou_v = ov if ov is not None else tp / float(tp + fp + fn)
         dist = pol.distance_value(pe, re, pred.shape, sp)
         if dist is None:
-            d_pr, d_rp = surface_distances(p, r, sp)
+            d_pr, d_rp = surface_distances(p, r, sp, connectivity=connectivity)
             hd_v = hausdorff_from_distances(d_pr, d_rp, 95.0)
             assd_v = assd_from_distances(d_pr, d_rp)
         else:
             hd_v = assd_v = dist
+        nsd_v = ov if ov is not None else (
+            nsd_from_distances(d_pr, d_rp, nsd_tolerance) if dist is None else math.nan)
         classes[int(c)] = {
             "dice": float(dice_v), "iou": float(iou_v), "hd95": float(hd_v),
-            "assd": float(assd_v), "tp": tp, "fp": fp, "fn": fn, "n_pred": n_p, "n_ref": n_r,
+            "assd": float(assd_v), "nsd": float(nsd_v), "tp": tp, "fp": fp, "fn": fn,
+            "n_pred": n_p, "n_ref": n_r,
             "volume_pred": n_p * scale, "volume_ref": n_r * scale, "volume_unit": unit,
             "pred_empty": pe, "ref_empty": re,
         }
@@ -112,5 +126,6 @@ def evaluate_case(
         "spacing": list(sp),
         "n_observed": int(pred.size if m is None else np.count_nonzero(m)),
         "policy": pol.to_dict(),
+        "surface": {"connectivity": connectivity, "nsd_tolerance_mm": float(nsd_tolerance)},
         "classes": classes,
     }

@@ -113,6 +113,8 @@ class EvaluateRequest:
         split: Classification: only this split of the label table.
         bootstrap: Classification: bootstrap resamples for the 95% intervals.
         mask_threshold: Instances: binarisation of soft DSB2018 masks.
+        nsd_tolerance: Segmentation: tolerance in mm of the normalised surface Dice.
+        surface: Segmentation: surface definition of HD95 / ASSD / NSD, ``full`` or ``face``.
     """
 
     pred: Path
@@ -126,6 +128,8 @@ class EvaluateRequest:
     split: str | None = None
     bootstrap: int = 1000
     mask_threshold: float | None = None
+    nsd_tolerance: float = 1.0
+    surface: str = "full"
 
 
 def check_prediction_output(request: PredictRequest) -> None:

@@ -850,6 +850,8 @@ def evaluate_folders(
     images: str | Path | None = None,
     log: Log = print,
     max_overlays: int = 6,
+    nsd_tolerance: float = 1.0,
+    connectivity: str = "full",
 ) -> dict[str, Any]:
     """Score every matched case and write ``metrics.json`` / ``metrics.csv`` (and a report).
 
@@ -865,6 +867,9 @@ def evaluate_folders(
         images: Folder of input images; when given, overlays and a report are written.
         log: Where the summary table goes.
         max_overlays: Cases with an overlay figure in the report.
+        nsd_tolerance: Tolerance in mm of the normalised surface Dice (recorded).
+        connectivity: Surface definition of HD95 / ASSD / NSD, ``"full"`` or ``"face"``
+            (MONAI's), recorded in every case.
 
     Returns:
         ``{"cases": [...], "summary": {...}, "files": [json, csv(, report)]}``.
@@ -911,7 +916,8 @@ def evaluate_folders(
             raise InputError(f"prediction geometry (affine) differs from the reference {r}", p,
                              "predictions must keep the input's geometry (medseg predict does)")
         mask = None if ignore_label is None else ref_arr != ignore_label
-        res = evaluate_case(pred_arr, ref_arr, ref_meta.spacing, labels, mask=mask, case_id=name)
+        res = evaluate_case(pred_arr, ref_arr, ref_meta.spacing, labels, mask=mask, case_id=name,
+                            nsd_tolerance=nsd_tolerance, connectivity=connectivity)
         prob_file = p.with_name(f"{output_label(p)}_probabilities.nii.gz")
         if prob_file.is_file():  # saved with --save-probabilities: voxel calibration
             probs_arr, _ = read_image(prob_file)
@@ -928,6 +934,7 @@ def evaluate_folders(
                 overlays.append(save_overlay(out / "overlays" / f"{name}.png", img[0], pred_arr,
                                              ref_arr, title=name))
     summary = summarize(results)
+    summary["surface"] = {"connectivity": connectivity, "nsd_tolerance_mm": nsd_tolerance}
     files_extra: list[Path] = []
     if conf_parts:
         conf = np.concatenate([c for c, _ in conf_parts])
@@ -1069,7 +1076,9 @@ class SegmentationTask(Task):
         return evaluate_folders(request.pred, request.ref, request.output,
                                 labels=request.labels, ignore_label=request.ignore_label,
                                 dataset_json=request.dataset_json,
-                                ref_suffix=request.ref_suffix, images=request.images, log=log)
+                                ref_suffix=request.ref_suffix, images=request.images, log=log,
+                                nsd_tolerance=request.nsd_tolerance,
+                                connectivity=request.surface)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log) -> CalibrationSet:

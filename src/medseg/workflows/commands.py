@@ -125,7 +125,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         ignore_label=a.ignore_label,
         dataset_json=Path(a.dataset_json) if a.dataset_json else None,
         ref_suffix=a.ref_suffix, images=Path(a.images) if a.images else None, split=a.split,
-        bootstrap=a.bootstrap, mask_threshold=a.mask_threshold), log=print)
+        bootstrap=a.bootstrap, mask_threshold=a.mask_threshold,
+        nsd_tolerance=a.nsd_tolerance, surface=a.surface), log=print)
     print("written: " + ", ".join(str(f) for f in ev["files"]))
     return 0
 
