@@ -79,7 +79,8 @@ def _check_files(out: Path) -> int:
     return done
 
 
-def _trial(ds: Path, out: Path, rng: random.Random, during_write: bool) -> dict:
+def _trial(ds: Path, out: Path, rng: random.Random, during_write: bool,
+           duration: float) -> dict:
     resume = (out / "checkpoint_last.pt").exists()
     proc, said = _start(ds, out, resume)
     t0 = time.perf_counter()
@@ -89,8 +90,8 @@ def _trial(ds: Path, out: Path, rng: random.Random, during_write: bool) -> dict:
                    for p in out.iterdir()) if out.is_dir() else False:
                 break
             time.sleep(0.002)
-    else:
-        time.sleep(rng.uniform(0.5, 6.0))
+    else:  # anywhere in a run, as long as this machine takes for one
+        time.sleep(rng.uniform(0.1, 1.0) * duration)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.05)  # the reader thread drains stdout
@@ -111,11 +112,15 @@ def _finish(ds: Path, out: Path) -> None:
 
 def _campaign(ds: Path, root: Path, n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
+    t0 = time.perf_counter()
+    _finish(ds, root / "timing")  # how long one whole run takes here, start-up included
+    duration = time.perf_counter() - t0
     results = []
     for i in range(n):
         out = root / f"run{i}"
-        r = _trial(ds, out, rng, during_write=i % 4 == 0)
-        r2 = _trial(ds, out, rng, during_write=i % 4 == 1)  # killed again while resuming
+        r = _trial(ds, out, rng, during_write=i % 4 == 0, duration=duration)
+        # killed again while resuming
+        r2 = _trial(ds, out, rng, during_write=i % 4 == 1, duration=duration)
         results += [r, r2]
         _finish(ds, out)
     return results
