@@ -325,6 +325,19 @@ class ModelFolder:
             nets.append(m.load_network(checkpoint, device)[0])
         return nets, dev
 
+    def temperatures(self) -> list[float]:
+        """The temperature of each network of :meth:`load_networks` (U5).
+
+        The folder's own ``calibration.json`` applies to every network (a single model, or a
+        K-fold folder calibrated on its out-of-fold predictions); otherwise each ensemble member
+        keeps the temperature fitted on its own validation split; 1 where there is none.
+        """
+        from medseg.training.calibration import read_calibration, read_temperature
+
+        if not self.members or "temperature" in read_calibration(self.path):
+            return [read_temperature(self.path)] * max(1, len(self.members))
+        return [read_temperature(m.path) for m in self.members]
+
     def config(self) -> Any:
         """The run's :class:`~medseg.training.config.ExperimentConfig` (``None`` if absent)."""
         from medseg.training.config import ExperimentConfig

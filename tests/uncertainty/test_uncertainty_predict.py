@@ -161,6 +161,12 @@ def test_ensemble_folder_members_and_identical_members(seg, tmp_path, capsys):
     w0 = torch.load(ens / "member_0" / "checkpoint_last.pt", weights_only=True)["model"]
     w1 = torch.load(ens / "member_1" / "checkpoint_last.pt", weights_only=True)["model"]
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # different seeds
+    # each member keeps the temperature of its own validation split; a folder-level one wins
+    from medseg.model_folder import ModelFolder
+
+    temps = [json.loads((ens / f"member_{k}" / "calibration.json").read_text())["temperature"]
+             for k in range(2)]
+    assert ModelFolder.open(ens).temperatures() == temps
     out = tmp_path / "p"
     assert main(["predict", "--model", str(ens), "--input", str(ds / "imagesTs"),
                  "--output", str(out), "--uncertainty", "ensemble", "--device", "cpu"]) == 0
@@ -169,7 +175,8 @@ def test_ensemble_folder_members_and_identical_members(seg, tmp_path, capsys):
     # identical members: zero epistemic variance and mutual information
     same = tmp_path / "same"
     shutil.copytree(ens, same)
-    shutil.copy(same / "member_0" / "checkpoint_best.pt", same / "member_1" / "checkpoint_best.pt")
+    for name in ("checkpoint_best.pt", "calibration.json"):  # weights and temperature
+        shutil.copy(same / "member_0" / name, same / "member_1" / name)
     out2 = tmp_path / "p2"
     assert main(["predict", "--model", str(same), "--input", str(ds / "imagesTs"),
                  "--output", str(out2), "--uncertainty", "ensemble", "--device", "cpu"]) == 0

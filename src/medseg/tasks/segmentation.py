@@ -85,7 +85,6 @@ from medseg.training.calibration import (
     CalibrationSet,
     log_probs_as_logits,
     read_calibration,
-    read_temperature,
     temper,
 )
 from medseg.training.config import ExperimentConfig
@@ -417,7 +416,7 @@ class SegmentationModel:
     plan: PreprocessPlan
     info: Plan
     device: torch.device
-    temperature: float = 1.0
+    temperatures: list[float] = field(default_factory=lambda: [1.0])
     conformal: dict[str, Any] | None = None
 
     @classmethod
@@ -434,7 +433,7 @@ class SegmentationModel:
                              "give a model trained on label maps")
         models, dev = mf.load_networks(checkpoint, device)
         return cls(mf.path, models, PreprocessPlan.from_dict(mf.plan["preprocess"]), mf.plan,
-                   dev, read_temperature(mf.path), read_calibration(mf.path).get("conformal"))
+                   dev, mf.temperatures(), read_calibration(mf.path).get("conformal"))
 
     @property
     def model(self) -> torch.nn.Module:
@@ -501,15 +500,14 @@ class SegmentationModel:
         """
         x = self.network_input(image, meta)
         inf = self.info["inference"]
-        probs = sum(predict_probs(
+        probs = sum(temper(predict_probs(
             m, x[None], roi_size=tuple(self.info["patch_size"]),
             overlap=inf["overlap"] if overlap is None else overlap,
             sw_batch_size=inf["sw_batch_size"], tta=inf["tta"] if tta is None else tta,
             device=self.device, output_device="cpu",
             sigma_scale=float(inf.get("sigma_scale", 0.125)),
-        )[0] for m in self.models)
-        probs = temper(probs / len(self.models), self.temperature)
-        return SegProbs(restore_probabilities(probs, self.plan, meta))
+        )[0], t) for m, t in zip(self.models, self.temperatures, strict=True))
+        return SegProbs(restore_probabilities(probs / len(self.models), self.plan, meta))
 
     def predict_samples(self, image: np.ndarray, meta: ImageMeta, method: str,
                         n_samples: int = 10, seed: int = 0, overlap: float | None = None
@@ -565,7 +563,9 @@ class SegmentationModel:
                 output_device="cpu")[0]
         restored = restore_probabilities(field_, self.plan, meta)
         spatial = restored.shape[1:]
-        probs = temper(restored[:t * c].reshape(t, c, *spatial), self.temperature, class_dim=1)
+        probs = restored[:t * c].reshape(t, c, *spatial)
+        temps = self.temperatures if method == "ensemble" else self.temperatures[:1] * t
+        probs = torch.stack([temper(p, tk) for p, tk in zip(probs, temps, strict=True)])
         var = restored[t * c:].reshape(t, c, *spatial) if head else None
         return probs, var
 
@@ -1088,7 +1088,7 @@ class SegmentationTask(Task):
             sp = split or ("Ts" if (data / "imagesTs").is_dir() else "Tr")
             data, labels = data / f"images{sp}", data / f"labels{sp}"
         model = SegmentationModel.load(folder, device=device)
-        model.temperature = 1.0
+        model.temperatures = [1.0] * len(model.models)
         refs = {output_label(f): f for f in label_files(labels, "label")}
         ignore = folder.plan.get("ignore_label")
         parts = []
