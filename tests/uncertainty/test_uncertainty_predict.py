@@ -316,3 +316,26 @@ def test_instances_get_an_uncertainty_score(tmp_path):
     lab, _ = read_label(out / "i0_instances.png")
     for r in doc["instances"]:
         assert r["uncertainty"] == pytest.approx(float(mi[0][lab == r["id"]].mean()), abs=1e-5)
+
+
+def test_every_case_gets_its_own_dropout_masks(seg, tmp_path):
+    """Two copies of one image under two names: other masks, so other MC samples; the same
+    name and seed again: the same samples."""
+    import shutil as sh
+
+    ds, model = seg
+    inp = tmp_path / "in"
+    inp.mkdir()
+    src = ds / "imagesTs" / "case_005_0000.nii.gz"
+    sh.copy(src, inp / "a_0000.nii.gz")
+    sh.copy(src, inp / "b_0000.nii.gz")
+    outs = []
+    for run in ("p1", "p2"):
+        out = tmp_path / run
+        assert main(["predict", "--model", str(model), "--input", str(inp), "--output",
+                     str(out), "--uncertainty", "mc", "--samples", "4", "--device", "cpu"]) == 0
+        outs.append(out)
+    a, _ = read_image(outs[0] / "a_mutual_information.nii.gz")
+    b, _ = read_image(outs[0] / "b_mutual_information.nii.gz")
+    a2, _ = read_image(outs[1] / "a_mutual_information.nii.gz")
+    assert not np.array_equal(a, b) and np.array_equal(a, a2)

@@ -57,6 +57,7 @@ from medseg.tasks.segmentation import (
     PreparedData,
     SegmentationModel,
     SegmentationTask,
+    case_seed,
     collect_inputs,
     output_suffix,
     write_uncertainty_maps,
@@ -155,7 +156,8 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         maps = None
         if request is not None and request.uncertainty:
             samples, var = model.predict_samples(image, meta, request.uncertainty,
-                                                 request.samples, request.seed, overlap)
+                                                 request.samples,
+                                                 case_seed(request.seed, name), overlap)
             maps = uncertainty_maps(samples, var)
             inst = probs_to_instances(maps["mean"], prm)
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -632,6 +633,12 @@ def output_suffix(src: ImageSource | list, fmt: str) -> str:
     return ".nii.gz"
 
 
+def case_seed(seed: int, case: str) -> int:
+    """The sampling seed of one case: independent streams per case (dropout masks differ from
+    case to case), reproducible from ``seed`` and the case name alone."""
+    return (int(seed) * 1_000_003 + zlib.crc32(case.encode("utf-8"))) % (2**31 - 1)
+
+
 #: Columns of ``uncertainty.csv`` (one row per case and foreground class).
 UNCERTAINTY_COLUMNS = (
     "case", "class", "method", "samples", "volume", "volume_unit", "volume_sample_mean",
@@ -681,7 +688,7 @@ def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Te
             "volume_low": float(torch.quantile(vols, 0.025)),
             "volume_high": float(torch.quantile(vols, 0.975))}
         block = (conformal or {}).get("classes", {}).get(class_names[c])
-        if block is not None and conformal.get("method") == method and spacing is not None:
+        if block is not None and conformal_applies(conformal, method, int(samples.shape[0])):
             cal = ConformalCalibration.from_dict(block)
             lo, hi = cal.interval(np.array([row["volume"]]), np.array([row["volume_sample_std"]]))
             row.update(volume_conformal_low=max(0.0, float(lo[0])),
@@ -692,6 +699,15 @@ def uncertainty_rows(case: str, maps: dict[str, torch.Tensor], samples: torch.Te
             row[f"{term}_image"] = float(m.mean())
         rows.append(row)
     return rows
+
+
+def conformal_applies(conformal: dict[str, Any] | None, method: str, n_samples: int) -> bool:
+    """The folder's conformal quantiles hold for this prediction: same sampler, same ``T``."""
+    if not conformal:
+        return False
+    t_cal = conformal.get("samples") if conformal.get("method") in ("mc", "mc_decoder") else None
+    t_now = n_samples if method in ("mc", "mc_decoder") else None
+    return conformal.get("method") == method and t_cal == t_now
 
 
 def write_rows_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> Path:
@@ -765,7 +781,8 @@ def predict_inputs(
         suffix = output_suffix(src, fmt)
         if uncertainty is not None and uncertainty.uncertainty:
             samples, var = model.predict_samples(image, meta, uncertainty.uncertainty,
-                                                 uncertainty.samples, uncertainty.seed, overlap)
+                                                 uncertainty.samples,
+                                                 case_seed(uncertainty.seed, name), overlap)
             maps = uncertainty_maps(samples, var)
             probs = SegProbs(maps["mean"])
             labels_t = maps["predicted"]
@@ -790,6 +807,11 @@ def predict_inputs(
         log(f"  [{i + 1}/{len(cases)}] {name} -> {dest}")
     if rows:
         write_rows_csv(out / "uncertainty.csv", rows, UNCERTAINTY_COLUMNS)
+        conf = model.conformal
+        if conf and not any(r.get("conformal_coverage") for r in rows):
+            log(f"  note: no conformal volume interval: the model was calibrated with "
+                f"--uncertainty {conf.get('method')} (T = {conf.get('samples')}); predict with "
+                "the same to get it")
     return written
 
 
@@ -1140,7 +1162,8 @@ class SegmentationTask(Task):
                 raise InputError(f"no label map for {name!r}", labels,
                                  "give the label maps of the same cases")
             image, meta = read_image(src if not isinstance(src, list) else list(src))
-            samples, _ = model.predict_samples(image, meta, method, n_samples, seed=0)
+            samples, _ = model.predict_samples(image, meta, method, n_samples,
+                                               seed=case_seed(0, name))
             lab, _ = read_label(refs[name])
             lab = np.asarray(lab).reshape(samples.shape[2:])
             vox = float(np.prod(meta.spacing[: lab.ndim]))
