@@ -43,7 +43,7 @@ LAYERS: dict[str, int] = {
     "medseg.metrics": 5,
     "medseg.reports": 6,
     "medseg.training": 7, "medseg.engine": 7, "medseg.model_folder": 7,
-    "medseg.workflows": 8,
+    "medseg.workflows": 8, "medseg.export": 8,
     "medseg.cli": 9,
 }
 TOP_OF_STACK = LAYERS["medseg.training"]

@@ -267,6 +267,31 @@ def _add_data_commands(sub: Any) -> None:
                         "4/level^2 looks (level <= 2)")
     r.add_argument("--seed", type=int, default=0)
 
+
+def _add_export(sub: Any) -> None:
+    """``medseg export``: a trained network as one file that runs without medseg."""
+    e = sub.add_parser("export", help="export a trained network (ONNX, TorchScript, "
+                                      "torch.export) for deployment",
+                       description="Write the model folder's network as one file plus "
+                                   "<file>.json (input/output names and shapes, preprocessing "
+                                   "plan, patch size and sliding-window settings, class names, "
+                                   "temperature), check the file against PyTorch, and refuse to "
+                                   "overwrite. The batch axis is always dynamic. An ensemble "
+                                   "folder is refused: export each member_<k>/ folder.")
+    e.add_argument("--model", required=True, help="model folder written by medseg train")
+    e.add_argument("--format", choices=("onnx", "torchscript", "exported-program"),
+                   default="onnx", help="file format (default: %(default)s)")
+    e.add_argument("--output", required=True, help="file to write, e.g. model.onnx")
+    e.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default 17; --format onnx only)")
+    e.add_argument("--dynamic", action="store_true",
+                   help="dynamic spatial axes too (sizes: multiples of the network's stride); "
+                        "refused for transunet and vit_classifier (fixed positional grid) and "
+                        "deeplabv3plus (output size computed in Python)")
+    e.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    e.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="medseg",
@@ -282,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_evaluate(sub)
     _add_data_commands(sub)
+    _add_export(sub)
     cal = sub.add_parser("calibrate", help="fit the temperature of a model folder on "
                                            "labelled data (U5)",
                          description="Temperature scaling: fit T minimising the NLL of "

@@ -320,3 +320,16 @@ def cmd_select(a: argparse.Namespace) -> int:
         print(f"  {r['rank']:4d}  {r['case']}  {r['score']:.4g}")
     print(f"written: {path}")
     return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """``medseg export``: the network as one file plus ``<file>.json`` (:mod:`medseg.export`)."""
+    from medseg.export import export_model
+
+    result = export_model(a.model, a.format, a.output, opset=a.opset, dynamic=a.dynamic,
+                          checkpoint=a.checkpoint, force=a.force, log=print)
+    diff = ("not checked (onnxruntime not installed)" if result.max_abs_diff is None
+            else f"max abs difference to PyTorch {result.max_abs_diff:.2g}")
+    print(f"written: {result.path} ({diff})")
+    print(f"written: {result.sidecar}")
+    return 0
