@@ -72,6 +72,23 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
     nets, dev = folder.load_networks(device="cpu")
     want = torch.stack([torch.softmax(classifier_logits(n, x, dev) / t, 1) for n in nets]).mean(0)
     assert torch.allclose(got, want, atol=2e-6)
+    # the operating point: Youden on the temperature-scaled out-of-fold probabilities
+    from medseg.metrics.thresholds import choose_threshold
+
+    decision = json.loads((out / "decision.json").read_text())
+    assert decision["rule"] == "youden"
+    oof_logits = {}
+    for k in range(3):
+        for r in json.loads((out / f"fold_{k}" / "oof.json").read_text())["rows"]:
+            oof_logits[r["id"]] = r["logits"]
+    z = torch.tensor([oof_logits[r["id"]] for r in rows], dtype=torch.float64)
+    p1 = torch.softmax(z / t, 1)[:, 1].numpy()
+    y1 = np.array([int(r["label"]) for r in rows])
+    assert decision["thresholds"]["1"] == pytest.approx(choose_threshold(p1, y1)["threshold"])
+    preds = list(csv.DictReader(open(pred / "predictions.csv")))
+    th = decision["thresholds"]["1"]
+    assert [r["prediction"] for r in preds] == ["1" if float(r["p_1"]) >= th else "0"
+                                                for r in preds]
 
 
 def test_a_fold_resumes_after_an_interrupt(npz, tmp_path):

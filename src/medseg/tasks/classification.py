@@ -53,7 +53,7 @@ from medseg.tasks.base import (
     split_ids,
 )
 from medseg.tasks.outputs import ClassProbs, MultiLabel
-from medseg.training.calibration import CalibrationSet, read_temperature, temper
+from medseg.training.calibration import CalibrationSet, temper
 from medseg.training.config import ExperimentConfig
 from medseg.transforms.augment import Augmenter
 from medseg.uncertainty.calibration import observed_elements
@@ -379,6 +379,29 @@ def sample_classifier(models: list[torch.nn.Module], x: np.ndarray, task: str,
     return torch.cat(probs, 1), var
 
 
+def read_decision(folder: Path) -> dict[str, Any]:
+    """The folder's ``decision.json`` (thresholds chosen on out-of-fold predictions), or {}.
+
+    Raises:
+        InputError: unreadable or without thresholds.
+    """
+    import json
+
+    path = folder / "decision.json"
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or not all(isinstance(v, int | float) for v in
+                                                doc["thresholds"].values()):
+            raise ValueError("thresholds")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise InputError(f"decision.json is invalid ({type(e).__name__})", path,
+                         "delete it (predictions then use 0.5 / the most probable class)"
+                         ) from None
+    return doc
+
+
 def uncertainty_columns(task: str, names: list[str]) -> list[str]:
     """The uncertainty columns of ``predictions.csv``: per image for single-label (variances
     of the predicted class), per label for multi-label."""
@@ -404,7 +427,7 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     plan = folder.plan
     task = plan["label_task"]
     models, dev = folder.load_networks(checkpoint, device)
-    t = read_temperature(folder.path)
+    temps = folder.temperatures()
     ids, imgs, _ = _inputs(Path(input_path), split)
     x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
     if x.shape[1] != plan.in_channels:
@@ -415,7 +438,10 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     if method:
         samples, var = sample_classifier(models, x, task, dev, method, request.samples,
                                          request.seed)
-        samples = temper(samples, t, "softmax" if task == "single" else "sigmoid", class_dim=2)
+        kind = "softmax" if task == "single" else "sigmoid"
+        per = temps if method == "ensemble" else temps[:1] * samples.shape[0]
+        samples = torch.stack([temper(p, tk, kind, class_dim=1)
+                               for p, tk in zip(samples, per, strict=True)])
         maps = uncertainty_maps(samples.permute(0, 2, 1),
                                 None if var is None else var.permute(0, 2, 1),
                                 "softmax" if task == "single" else "sigmoid")
@@ -423,12 +449,20 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
         out_probs: ClassProbs | MultiLabel = ClassProbs(mean) if task == "single" else \
             MultiLabel(mean)
     else:
-        parts = [predict_classifier(m, x, task, dev, temperature=t) for m in models]
+        parts = [predict_classifier(m, x, task, dev, temperature=tk)
+                 for m, tk in zip(models, temps, strict=True)]
         mean = torch.stack([torch.from_numpy(probabilities(p)) for p in parts]).mean(0)
         out_probs = ClassProbs(mean) if task == "single" else MultiLabel(mean)
     probs = probabilities(out_probs)
     names = plan.class_names
     hard = out_probs.hard().numpy()
+    decision = read_decision(folder.path)
+    if decision:  # the operating point chosen on out-of-fold predictions
+        th = decision["thresholds"]
+        if task == "single":
+            hard = (probs[:, 1] >= th[names[1]]).astype(np.int64)
+        else:
+            hard = (probs >= np.array([th[n] for n in names])[None]).astype(np.int64)
     extra = uncertainty_columns(task, names) if maps is not None else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -545,7 +579,7 @@ class ClassificationTask(Task):
     predict_options = frozenset({"checkpoint", "device", "split", "uncertainty",
                                  "samples", "seed"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {"data.modality", "data.image_size",
-                                                        "augment"}
+                                                        "augment", "train.threshold"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:
         if not cfg.data.dataset:

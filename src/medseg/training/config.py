@@ -202,6 +202,11 @@ class TrainConfig:
             (``member_<k>/``, seed ``seed + k``); 1 = a single model.
         calibrate: Fit a temperature on the validation split at the end of training and
             write ``calibration.json`` (U5); prediction then uses it.
+        threshold: Classification with ``folds``: the decision rule chosen on the
+            out-of-fold probabilities and used by predict (``decision.json``): ``"youden"``
+            (= the balanced-accuracy optimum for two classes), ``"balanced_accuracy"``,
+            ``"sensitivity:0.9"`` (the largest threshold reaching that sensitivity) or
+            ``"argmax"`` (0.5 / the most probable class). Binary and multi-label tasks only.
         folds: K-fold cross-validation (``K >= 2``): K models (``fold_<k>/``, fold ``k``
             held out, grouped by subject and stratified by label) in one model folder, their
             out-of-fold predictions and estimate with an interval beside them; prediction
@@ -225,6 +230,7 @@ class TrainConfig:
     ensemble: int = 1
     calibrate: bool = True
     folds: int = 1
+    threshold: str = "youden"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble",
@@ -237,6 +243,19 @@ class TrainConfig:
             raise ConfigError("train.max_minutes and train.val_every must be >= 0")
         if self.patch_size is not None and min(self.patch_size, default=1) < 1:
             raise ConfigError(f"train.patch_size must be positive, got {self.patch_size}")
+        rule, _, target = self.threshold.partition(":")
+        if rule not in ("youden", "balanced_accuracy", "sensitivity", "argmax") or (
+                (rule == "sensitivity") != bool(target)):
+            raise ConfigError(f"train.threshold must be youden, balanced_accuracy, argmax or "
+                              f"sensitivity:<0..1>, got {self.threshold!r}")
+        if target:
+            try:
+                ok = 0.0 < float(target) <= 1.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"train.threshold sensitivity target must lie in (0, 1], "
+                                  f"got {target!r}")
 
 
 @dataclass

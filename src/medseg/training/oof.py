@@ -89,6 +89,7 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
     doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
                                    "image(s))", len(rows)))
     write_calibration(out, doc, overwrite=True)
+    decision = _decision(out, logits / doc["temperature"], labels, single, names)
     m, ci = res["macro"], res.get("ci", {}).get("macro", {})
     parts = []
     for key in ("auroc", "accuracy"):
@@ -96,7 +97,45 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
             lo, hi = ci.get(key, (None, None))
             parts.append(f"{key} {m[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None
                                                   else ""))
-    return ", ".join(parts) + f"; temperature {doc['temperature']:.3f}"
+    text = ", ".join(parts) + f"; temperature {doc['temperature']:.3f}"
+    if decision:
+        text += "; thresholds " + ", ".join(f"{k} {v:.3f}"
+                                            for k, v in decision["thresholds"].items())
+    return text
+
+
+def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
+              names: list[str]) -> dict[str, Any] | None:
+    """``decision.json``: the operating point of ``train.threshold`` on the (temperature-
+    scaled) out-of-fold probabilities — binary single-label (class 1) or every label."""
+    from medseg.metrics.thresholds import choose_threshold
+    from medseg.model_folder import ModelFolder
+
+    cfg = ModelFolder.open(out / "fold_0").config()
+    rule, _, target = cfg.train.threshold.partition(":")
+    if single and len(names) != 2:
+        return None  # multi-class: the most probable class
+    probs = (torch.softmax(logits, 1) if single else torch.sigmoid(logits)).numpy()
+    chosen = {}
+    if single:
+        chosen[names[1]] = choose_threshold(probs[:, 1], labels == 1, rule,
+                                            float(target) if target else None)
+    else:
+        for k, n in enumerate(names):
+            keep = labels[:, k] >= 0
+            y = labels[keep, k]
+            if y.size and 0 < y.sum() < y.size:
+                chosen[n] = choose_threshold(probs[keep, k], y, rule,
+                                             float(target) if target else None)
+            else:
+                chosen[n] = {"threshold": 0.5, "sensitivity": None, "specificity": None,
+                             "youden": None}
+    doc = {"rule": cfg.train.threshold, "chosen_on": "out-of-fold probabilities after "
+           "temperature scaling", "n_cases": int(len(labels)),
+           "thresholds": {n: c["threshold"] for n, c in chosen.items()},
+           "operating_points": chosen}
+    atomic_write_text(out / "decision.json", json.dumps(_plain(doc), indent=2))
+    return doc
 
 
 def _per_case(out: Path, rows: list[dict[str, Any]]) -> str:
