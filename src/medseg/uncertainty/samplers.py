@@ -3,7 +3,8 @@
 :func:`sample_probs` turns one input batch into ``T`` probability samples, whatever the method:
 
 * ``"mc"`` — MC Dropout (U2): only the dropout layers in train mode (norm layers keep their
-  running statistics), the ``T`` passes batched together in one forward call;
+  running statistics), ``T`` passes (one forward each: on a CPU a ``T`` times larger batch is
+  slower);
 * ``"mc_decoder"`` — MC Dropout of the decoder only: the encoder runs once, the decoder ``T``
   times (:func:`medseg.uncertainty.sampling.mc_dropout_decoder_predict`; networks that split
   into ``encode`` / ``decode``);
@@ -106,19 +107,18 @@ def sample_probs(
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = models[0]
-        b = x.shape[0]
         if method == "mc":
+            # one pass per sample: on a CPU a T-times larger batch is slower than T passes
+            # (memory-bound convolutions); the masks come from one seeded stream either way
             with mc_dropout(model):
-                lg, lv = _split(model(x.repeat(n_samples, *([1] * (x.ndim - 1)))))
-            for t in range(n_samples):
-                sl = slice(t * b, (t + 1) * b)
-                outs.append(_activate(lg[sl], None if lv is None else lv[sl], activation,
-                                      noise_samples))
+                for _ in range(n_samples):
+                    outs.append(_activate(*_split(model(x)), activation, noise_samples))
         elif method == "mc_decoder":
             from medseg.uncertainty.sampling import mc_dropout_decoder_predict
 
             logits = mc_dropout_decoder_predict(model, x, n_samples, generator_seed=seed,
-                                                activation=None)
+                                                activation=None,
+                                                batch_samples=x.device.type != "cpu")
             outs = [_activate(lg, None, activation, noise_samples) for lg in logits]
         elif method == "ensemble":
             outs = [_activate(*_split(m(x)), activation, noise_samples) for m in models]
