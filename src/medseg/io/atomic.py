@@ -75,7 +75,10 @@ def atomic_path(dest: Path, suffix: str) -> Iterator[Path]:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _write_error(e, dest) from None
+        known = _write_error(e, dest)
+        if known is None:
+            raise
+        raise known from None
     tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial{suffix}"
     try:
         try:
@@ -86,7 +89,10 @@ def atomic_path(dest: Path, suffix: str) -> Iterator[Path]:
             os.replace(tmp, dest)
             fsync_folder(dest.parent)
         except OSError as e:
-            raise _write_error(e, dest) from None
+            known = _write_error(e, dest)
+            if known is None:
+                raise
+            raise known from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -107,8 +113,9 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_error(e: OSError, dest: Path) -> InputError:
-    """A full disk, a read-only or forbidden folder as one line naming the folder."""
+def _write_error(e: OSError, dest: Path) -> InputError | None:
+    """A full disk, a read-only or forbidden folder as one line naming the folder (``None``
+    for other errors, which the caller reports as its own)."""
     folder = dest.parent
     if e.errno == errno.ENOSPC:
         free = shutil.disk_usage(folder).free if folder.exists() else 0
@@ -119,8 +126,7 @@ def _write_error(e: OSError, dest: Path) -> InputError:
         return InputError(f"cannot write {dest.name}: the folder is read-only or not yours "
                           f"({os.strerror(e.errno)})", folder,
                           "write to another folder; the previous file is kept")
-    return InputError(f"cannot write {dest.name} ({os.strerror(e.errno) if e.errno else e})",
-                      folder, "check the folder; the previous file is kept")
+    return None
 
 
 @contextmanager
