@@ -29,6 +29,8 @@ values other than 0/1/-1, a label column with no annotation at all, an empty tab
 from __future__ import annotations
 
 import csv
+import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +40,8 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.files import file_suffix
 from medseg.io.image import check_finite, read_image
+from medseg.io.limits import check_declared_size, check_regular_file, reader_failure
+from medseg.io.paths import path_exists, resolve_listed_path
 
 #: Marker of a missing (not annotated) entry in a multi-label vector (T5).
 MISSING = -1
@@ -46,6 +50,9 @@ TASKS = ("single", "multi")
 _RESERVED = ("id", "image", "split")
 _MULTI_VALUES = {"0": 0, "1": 1, "-1": -1, "0.0": 0, "1.0": 1, "-1.0": -1}
 _NPZ_SPLITS = ("train", "val", "test")
+#: Most classes a table may imply (integer class indices run 0..K-1).
+MAX_CLASSES = 100_000
+_INDEX = re.compile(r"-?[0-9]{1,18}")
 
 
 @dataclass
@@ -163,7 +170,7 @@ def _parse_single(
         for line, v in raw:
             if v in index:
                 out.append(index[v])
-            elif v.lstrip("-").isdigit() and 0 <= int(v) < len(names):
+            elif _INDEX.fullmatch(v) and 0 <= int(v) < len(names):
                 out.append(int(v))
             else:
                 raise _row_error(
@@ -174,16 +181,73 @@ def _parse_single(
     for line, v in raw:
         if v == "":
             raise _row_error(csv_path, line, "empty label", "every row needs a class label")
-    if all(v.lstrip("-").isdigit() for v in values):
+    if all(_INDEX.fullmatch(v) for v in values):
         ints = [int(v) for v in values]
         for (line, v), i in zip(raw, ints, strict=True):
             if i < 0:
                 raise _row_error(csv_path, line, f"negative class index {v}",
                                  "class indices start at 0")
+            if i >= MAX_CLASSES:
+                raise _row_error(
+                    csv_path, line, f"class index {v} implies more than {MAX_CLASSES} classes",
+                    "number the classes 0..K-1, or write class names instead of indices",
+                )
         return [str(i) for i in range(max(ints) + 1)], ints
     names = sorted(set(values))
     index = {n: i for i, n in enumerate(names)}
     return names, [index[v] for v in values]
+
+
+def read_csv_rows(
+    path: Path, what: str = "CSV file"
+) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The header and the non-blank rows ``(line, stripped cells)`` of a UTF-8 CSV file.
+
+    Args:
+        path: The file (a BOM is skipped).
+        what: What the file is, for messages.
+
+    Returns:
+        ``(header or None, rows)``; blank lines before the header and between rows are skipped.
+
+    Raises:
+        InputError: not UTF-8 text, a NUL byte, a field longer than the ``csv`` module's limit
+            (``csv.field_size_limit()``), or an unreadable file.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    header = None
+    line = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            while header is not None and not any(h.strip() for h in header):
+                header = next(reader, None)
+            for row in reader:
+                line = reader.line_num
+                if any(c.strip() for c in row):
+                    rows.append((reader.line_num, [c.strip() for c in row]))
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{what} is not UTF-8 text (byte 0x{e.object[e.start]:02x} after line {line} "
+            "cannot be decoded)",
+            path,
+            "save the table as UTF-8 (e.g. in a spreadsheet: 'CSV UTF-8')",
+        ) from None
+    except csv.Error as e:
+        problem = str(e)
+        if "field larger than field limit" in problem:
+            problem = (f"a field after line {line} is longer than the CSV module's limit of "
+                       f"{csv.field_size_limit()} characters")
+        raise InputError(
+            f"{what} is not a readable CSV table ({problem})",
+            path,
+            "check that it is a comma-separated text table (not a binary file) and that every "
+            "quote is closed",
+        ) from None
+    except OSError as e:
+        raise InputError(f"cannot read the {what} ({e})", path, "check the file") from None
+    return header, rows
 
 
 def load_classification_csv(
@@ -193,6 +257,7 @@ def load_classification_csv(
     class_names: Sequence[str] | None = None,
     modality: str = "other",
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> ClsDataset:
     """Read a classification label table and check it (see the module docstring for the format).
 
@@ -205,28 +270,24 @@ def load_classification_csv(
             columns in the wanted order (multi-label: must be exactly the table's label columns).
         modality: Imaging modality recorded on the dataset.
         check_files: Check that every image file exists.
+        allow_outside_root: Accept image paths that are absolute, contain ``..`` or resolve
+            (through symbolic links) outside ``image_dir``; refused by default.
 
     Returns:
         The dataset.
 
     Raises:
-        InputError: the table is empty or malformed, see the module docstring.
+        InputError: the table is empty, malformed, not UTF-8, has a field over the CSV module's
+            limit, or lists a path outside ``image_dir``; see the module docstring.
     """
     csv_path = Path(csv_path)
     if task not in (*TASKS, "auto"):
         raise ValueError(f"task must be 'single', 'multi' or 'auto', got {task!r}")
-    if not csv_path.is_file():
+    if not path_exists(csv_path):
         raise InputError("label table not found", csv_path, "check the path of the CSV file")
+    check_regular_file(csv_path)
     root = csv_path.parent if image_dir is None else Path(image_dir)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        while header is not None and not any(h.strip() for h in header):
-            header = next(reader, None)
-        rows: list[tuple[int, list[str]]] = []
-        for row in reader:
-            if any(c.strip() for c in row):
-                rows.append((reader.line_num, [c.strip() for c in row]))
+    header, rows = read_csv_rows(csv_path, "label table")
     if header is None or not rows:
         raise InputError(
             "empty label table (no header or no data rows)", csv_path,
@@ -268,10 +329,16 @@ def load_classification_csv(
         cell = row[at["image"]]
         if not cell:
             raise _row_error(csv_path, line, "empty image path", "name the case's image file")
-        paths = [root / p.strip() for p in cell.split(";") if p.strip()]
+        parts = [p.strip() for p in cell.split(";") if p.strip()]
+        if not parts:
+            raise _row_error(csv_path, line, "empty image path", "name the case's image file")
+        for p in parts:
+            resolve_listed_path(root, p, f"row at line {line}: image", csv_path,
+                                allow_outside_root)
+        paths = [root / p for p in parts]
         if check_files:
             for p in paths:
-                if not p.exists():
+                if not path_exists(p):
                     raise _row_error(
                         csv_path, line, f"image file {p} does not exist",
                         f"fix the path (relative to {root}) or remove the row",
@@ -365,21 +432,19 @@ def load_medmnist_npz(
     path = Path(path)
     if task not in (*TASKS, "auto"):
         raise ValueError(f"task must be 'single', 'multi' or 'auto', got {task!r}")
-    if not path.is_file():
+    if not path_exists(path):
         raise InputError("npz file not found", path, "check the path")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"cannot read npz file ({e})", path, "re-export it with numpy.savez"
-        ) from e
+    data = _read_npz(path)
     if "train_images" not in data or "train_labels" not in data:
         raise InputError(
             f"missing 'train_images'/'train_labels' (found {sorted(data)})", path,
             "store arrays named {train,val,test}_images and {train,val,test}_labels",
         )
     present = []
+    for key, arr in data.items():
+        if arr.ndim == 0:
+            raise InputError(f"array {key!r} is a scalar, not one entry per case", path,
+                             "store images as (N, H, W, ...) and labels as (N,) or (N, C)")
     for s in _NPZ_SPLITS:
         has_i, has_l = f"{s}_images" in data, f"{s}_labels" in data
         if has_i != has_l:
@@ -390,12 +455,18 @@ def load_medmnist_npz(
             if n_i != n_l:
                 raise InputError(f"{s}_images has {n_i} cases but {s}_labels {n_l}", path,
                                  "store one label row per image")
-            if data[f"{s}_images"].ndim not in (3, 4, 5):
+            shape = data[f"{s}_images"].shape
+            if len(shape) not in (3, 4, 5) or 0 in shape[1:]:
                 raise InputError(
-                    f"{s}_images has shape {data[f'{s}_images'].shape}", path,
+                    f"{s}_images has shape {shape}", path,
                     "store images as (N, H, W), (N, H, W, 3) or (N, D, H, W)",
                 )
             present.append(s)
+    shapes = {s: data[f"{s}_images"].shape for s in present}
+    if len({sh[1:] for sh in shapes.values()}) > 1:
+        shown = ", ".join(f"{s} {sh}" for s, sh in shapes.items())
+        raise InputError(f"image shapes differ between splits: {shown}", path,
+                         "store every split's images at one size")
     labels = {}
     widths = set()
     for s in present:
@@ -406,8 +477,14 @@ def load_medmnist_npz(
             raise InputError(f"{s}_labels has shape {lab.shape}", path,
                              "store labels as (N,), (N, 1) or (N, C)")
         if lab.dtype.kind == "f" and not np.all(lab == np.round(lab)):
-            raise InputError(f"{s}_labels holds non-integer values", path,
+            raise InputError(f"{s}_labels holds non-integer values (or NaN)", path,
                              "store class indices or 0/1/-1")
+        if lab.size and (lab.min() < -MAX_CLASSES or lab.max() >= MAX_CLASSES):
+            raise InputError(
+                f"{s}_labels holds values from {lab.min()} to {lab.max()}; class indices run "
+                f"0..K-1 (K at most {MAX_CLASSES}), multi-label values are 0, 1 or -1",
+                path, "store class indices or 0/1/-1",
+            )
         labels[s] = lab.astype(np.int64)
         widths.add(lab.shape[1])
     if len(widths) != 1:
@@ -454,19 +531,78 @@ def load_medmnist_npz(
                       source=path, arrays=arrays)
 
 
+_NPZ_KEYS = tuple(f"{s}_{k}" for s in _NPZ_SPLITS for k in ("images", "labels"))
+_NPZ_HINT = "re-export it with numpy.savez (arrays {train,val,test}_images / _labels)"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The image and label arrays of a MedMNIST ``.npz``, each checked before it is read.
+
+    Every ``.npy`` member's header (shape, dtype) is read first: object arrays are refused
+    (``allow_pickle=False``), and each array's declared size must be within
+    :func:`medseg.io.limits.max_image_bytes`; only the arrays named ``{split}_images`` /
+    ``{split}_labels`` are then loaded, with numeric dtypes.
+
+    Raises:
+        InputError: not a regular file, not a ZIP archive, a damaged member, an object or
+            non-numeric array, or an array over the size limit.
+    """
+    check_regular_file(path)
+    if not zipfile.is_zipfile(path):
+        raise InputError("not an .npz archive (no ZIP structure)", path, _NPZ_HINT)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            for key, info in members.items():
+                if key not in _NPZ_KEYS:
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(fh)
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise InputError(
+                        f"array {key!r} has dtype {dtype} (only numbers are read; Python objects "
+                        "are never unpickled)",
+                        path, _NPZ_HINT,
+                    )
+                if all(int(d) > 0 for d in shape):
+                    check_declared_size(path, shape, dtype.itemsize, f"array {key!r}")
+        with np.load(path, allow_pickle=False) as z:
+            for key in members:
+                if key in _NPZ_KEYS:
+                    out[key] = np.asarray(z[key])
+    except InputError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, ValueError, EOFError, OSError ...
+        raise reader_failure(exc, path, "npz file", _NPZ_HINT) from exc
+    return out
+
+
 def open_classification(
     path: str | Path,
     task: str = "auto",
     class_names: Sequence[str] | None = None,
     modality: str = "other",
+    allow_outside_root: bool = False,
 ) -> ClsDataset:
     """Open a classification dataset: an ``.npz`` file, a CSV, or a folder holding one CSV.
+
+    Args:
+        path: The ``.npz``, the CSV, or a folder holding one CSV.
+        task: See :func:`load_classification_csv`.
+        class_names: See :func:`load_classification_csv`.
+        modality: Imaging modality recorded on the dataset.
+        allow_outside_root: Accept CSV image paths outside the CSV's folder (see
+            :func:`load_classification_csv`).
 
     Raises:
         InputError: the path is none of these, or a folder holds zero or several CSV files.
     """
     p = Path(path)
-    if p.is_dir():
+    if path_exists(p) and p.is_dir():
         tables = sorted(p.glob("*.csv"))
         if len(tables) != 1:
             raise InputError(
@@ -477,7 +613,8 @@ def open_classification(
     if p.suffix.lower() == ".npz":
         return load_medmnist_npz(p, task=task, class_names=class_names, modality=modality)
     if p.suffix.lower() == ".csv":
-        return load_classification_csv(p, task=task, class_names=class_names, modality=modality)
+        return load_classification_csv(p, task=task, class_names=class_names, modality=modality,
+                                       allow_outside_root=allow_outside_root)
     raise InputError("not a classification dataset", p,
                      "pass a .csv label table, a folder holding one, or a MedMNIST .npz")
 

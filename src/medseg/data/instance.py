@@ -32,6 +32,7 @@ from medseg.errors import InputError
 from medseg.instance.targets import TARGET_LABELS, instance_to_semantic
 from medseg.io import ImageMeta, list_image_files, read_image, read_label, write_image, write_label
 from medseg.io.files import file_suffix
+from medseg.io.paths import path_exists
 
 _LABEL_FOLDERS = ("masks", "labels")
 
@@ -156,7 +157,7 @@ def open_instance_dataset(path: str | Path, masks: str | Path | None = None,
         InputError: missing folder or unrecognised layout.
     """
     root = Path(path)
-    if not root.exists():
+    if not path_exists(root):
         raise InputError("dataset folder not found", root, "check the path")
     if masks is not None:
         return load_instance_label_folders(root, masks, mask_suffix)
@@ -232,6 +233,10 @@ def read_instance_map(case: InstanceCase, shape: tuple[int, ...] | None = None,
         shape: Expected spatial shape (the image's); checked.
         mask_threshold: See :func:`read_dsb_masks`.
 
+    Returns:
+        ``(*spatial)`` int64; a label map whose ids exceed its voxel count is renumbered
+        ``1..N`` in increasing id order (ids only name instances).
+
     Raises:
         InputError: shape mismatch, non-binary masks, non-integer or negative label maps.
     """
@@ -248,6 +253,12 @@ def read_instance_map(case: InstanceCase, shape: tuple[int, ...] | None = None,
         raise InputError(f"label map shape {tuple(lab.shape)} differs from the image shape "
                          f"{tuple(shape)} ({case.image})", case.label_map,
                          "pair each image with its own label map")
+    if lab.size and int(lab.max()) > lab.size:
+        # ids are arbitrary; sparse huge ids (2**40) would size per-id tables by the id, so
+        # renumber them 1..N in increasing order (0 stays background)
+        values, inverse = np.unique(lab, return_inverse=True)
+        offset = 0 if values[0] == 0 else 1
+        lab = (inverse.reshape(lab.shape) + offset).astype(np.int64)
     return lab
 
 

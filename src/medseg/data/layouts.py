@@ -25,6 +25,7 @@ once; the pixel-level checks live in :mod:`medseg.data.validate`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ from typing import Any
 
 from medseg.errors import InputError
 from medseg.io.files import file_suffix
+from medseg.io.limits import check_regular_file
+from medseg.io.paths import path_exists, resolve_listed_path
+
+#: Largest ``dataset.json`` read (a label table, not data): 64 MiB.
+MAX_TABLE_BYTES = 64 * 2**20
 
 #: Channel names (lower case) that mean magnetic resonance in nnU-Net / MSD tables.
 _MR_NAMES = {
@@ -170,8 +176,26 @@ def strip_ending(name: str, ending: str | None = None) -> str:
     return name[: -len(suffix)] if suffix else Path(name).stem
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_dataset_json(path: str | Path) -> dict[str, Any]:
+    """Read a ``dataset.json`` as a JSON object, refusing what the JSON standard does not allow.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        InputError: missing or not a regular file, over 64 MiB, not UTF-8, invalid JSON (also
+            ``NaN``/``Infinity``, which Python's json module would accept), nested too deeply, or
+            not an object.
+    """
+    path = Path(path)
+    if not path_exists(path):
         raise InputError(
             "dataset.json not found",
             path,
@@ -179,13 +203,43 @@ def _read_json(path: Path) -> dict[str, Any]:
             "images with a folder of masks use load_image_mask_folders / open_dataset(images=..., "
             "masks=...)",
         )
+    check_regular_file(path)
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise InputError(f"dataset.json is {path.stat().st_size} bytes, more than a label table "
+                         f"needs (limit {MAX_TABLE_BYTES // 2**20} MiB)", path,
+                         "pass the dataset's dataset.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"dataset.json is not valid JSON ({e})", path, "fix the syntax") from e
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as e:
+        raise InputError(f"dataset.json is not UTF-8 text (byte {e.start})", path,
+                         "save it as UTF-8 JSON") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"dataset.json is not valid JSON ({str(e)[:200]})", path,
+                         "fix the syntax (NaN and Infinity are not JSON)") from None
+    except OSError as e:
+        raise InputError(f"cannot read dataset.json ({e})", path, "check the file") from None
     if not isinstance(data, dict):
-        raise InputError("dataset.json must hold a JSON object", path, "see the MSD/nnU-Net format")
+        raise InputError(f"dataset.json must hold a JSON object, not a {type(data).__name__}",
+                         path, 'see the MSD/nnU-Net format: {"labels": ..., "channel_names": ...}')
     return data
+
+
+def load_label_table(path: str | Path) -> tuple[dict[str, int], int | None]:
+    """The label table of a ``dataset.json`` (either dialect) and its ignore label.
+
+    Args:
+        path: The ``dataset.json``.
+
+    Returns:
+        ``(name -> value, ignore label or None)``.
+
+    Raises:
+        InputError: see :func:`read_dataset_json`; or a malformed ``labels`` table.
+    """
+    path = Path(path)
+    labels, ignore = _parse_labels(read_dataset_json(path), path)
+    _check_label_table(labels, ignore, path)
+    return labels, ignore
 
 
 def _int_key(k: str, path: Path, what: str) -> int:
@@ -217,7 +271,8 @@ def _parse_labels(data: dict[str, Any], path: Path) -> tuple[dict[str, int], int
                     path,
                     "declare one integer value per label",
                 )
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                    isinstance(v, float) and (not math.isfinite(v) or v != int(v))):
                 raise InputError(f"label {k!r} has a non-integer value {v!r}", path, "use integers")
             labels[str(k)] = int(v)
     ignore: int | None = None
@@ -256,13 +311,8 @@ def _parse_channels(data: dict[str, Any], path: Path) -> list[str]:
     return [v for _, v in idx]
 
 
-def _resolve(root: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else (root / p).resolve()
-
-
 def _require_files(files: list[Path], json_path: Path) -> None:
-    missing = [p for p in files if not p.exists()]
+    missing = [p for p in files if not path_exists(p)]
     if missing:
         shown = ", ".join(str(p) for p in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -312,52 +362,69 @@ def _scan_v2(folder: Path, ending: str, n_channels: int, json_path: Path) -> dic
     return cases
 
 
-def load_msd_folder(root: str | Path) -> SegDataset:
+def load_msd_folder(root: str | Path, allow_outside_root: bool = False) -> SegDataset:
     """Read an MSD or nnU-Net v2 dataset folder (see the module docstring for both dialects).
 
     Args:
         root: Folder holding ``dataset.json``, ``imagesTr/``, ``labelsTr/`` and optionally
             ``imagesTs/`` (+ ``labelsTs/``).
+        allow_outside_root: Accept paths in ``dataset.json`` that are absolute, contain ``..`` or
+            resolve (through symbolic links) outside ``root``; refused by default.
 
     Returns:
         The dataset with every listed file checked to exist.
 
     Raises:
         InputError: folder or ``dataset.json`` missing, invalid JSON, malformed label or channel
-            table, files listed but absent, images without labels, no training cases.
+            table, malformed or escaping entries, files listed but absent, images without labels,
+            no training cases.
     """
     root = Path(root)
-    if not root.is_dir():
+    if not path_exists(root) or not root.is_dir():
         raise InputError("dataset folder not found", root, "check the path")
     json_path = root / "dataset.json"
-    data = _read_json(json_path)
+    data = read_dataset_json(json_path)
     labels, ignore = _parse_labels(data, json_path)
     channel_names = _parse_channels(data, json_path)
     modalities = [modality_of_channel(c) for c in channel_names]
     name = str(data.get("name", root.name))
     is_msd = isinstance(data.get("training"), list)
-    file_ending = str(data.get("file_ending", ".nii.gz"))
+    file_ending = data.get("file_ending", ".nii.gz")
+    if not isinstance(file_ending, str) or not file_ending.startswith(".") or len(file_ending) < 2:
+        raise InputError(f"'file_ending' must be a file ending such as '.nii.gz', got "
+                         f"{file_ending!r}", json_path, 'write e.g. "file_ending": ".nii.gz"')
     cases: list[SegCase] = []
     test_cases: list[SegCase] = []
+
+    def listed(entry: object, what: str) -> Path:
+        return resolve_listed_path(root, entry, what, json_path, allow_outside_root)
 
     if isinstance(data.get("dataset"), dict):  # nnU-Net v2 explicit table
         for cid, entry in sorted(data["dataset"].items()):
             if not isinstance(entry, dict) or "images" not in entry:
-                raise InputError(f"dataset entry {cid!r} needs 'images'", json_path, None)
-            imgs = [_resolve(root, str(p)) for p in entry["images"]]
+                raise InputError(f"dataset entry {cid!r} needs 'images'", json_path,
+                                 'write {"images": ["imagesTr/case_0000.nii.gz"], "label": ...}')
+            images = entry["images"]
+            if isinstance(images, str):
+                images = [images]
+            if not isinstance(images, list) or not images:
+                raise InputError(f"dataset entry {cid!r}: 'images' must be a list of file paths, "
+                                 f"got {images!r}"[:300], json_path,
+                                 "list one file per channel")
+            imgs = [listed(p, f"dataset[{cid!r}].images[{i}]") for i, p in enumerate(images)]
             lab = entry.get("label")
             if lab is None:
                 raise InputError(
                     f"case {cid!r} has no 'label'", json_path, "add the label file for every case"
                 )
-            cases.append(SegCase(str(cid), imgs, _resolve(root, str(lab))))
+            cases.append(SegCase(str(cid), imgs, listed(lab, f"dataset[{cid!r}].label")))
     elif is_msd:
         for i, entry in enumerate(data["training"]):
             if not isinstance(entry, dict) or "image" not in entry:
                 raise InputError(
                     f"'training' entry {i} needs an 'image' key", json_path, "see the MSD format"
                 )
-            img = _resolve(root, str(entry["image"]))
+            img = listed(entry["image"], f"training[{i}].image")
             if not entry.get("label"):
                 raise InputError(
                     f"training image {img.name} has no label", json_path,
@@ -365,12 +432,21 @@ def load_msd_folder(root: str | Path) -> SegDataset:
                 )
             ending = file_suffix(img.name) or img.suffix
             cases.append(
-                SegCase(strip_ending(img.name, ending), [img], _resolve(root, str(entry["label"])))
+                SegCase(strip_ending(img.name, ending), [img],
+                        listed(entry["label"], f"training[{i}].label"))
             )
             file_ending = ending or file_ending
-        for rel in data.get("test", []) or []:
-            rel = rel["image"] if isinstance(rel, dict) else rel
-            img = _resolve(root, str(rel))
+        tests = data.get("test", []) or []
+        if not isinstance(tests, list):
+            raise InputError(f"'test' must be a list of image paths, got {tests!r}"[:300],
+                             json_path, 'write "test": ["./imagesTs/case.nii.gz", ...] or omit it')
+        for i, rel in enumerate(tests):
+            if isinstance(rel, dict):
+                if "image" not in rel:
+                    raise InputError(f"'test' entry {i} needs an 'image' key", json_path,
+                                     'write {"image": "./imagesTs/case.nii.gz"} or the path alone')
+                rel = rel["image"]
+            img = listed(rel, f"test[{i}]")
             test_cases.append(SegCase(strip_ending(img.name), [img], None))
     else:  # nnU-Net v2 folder scan
         images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
@@ -527,27 +603,34 @@ def load_image_mask_folders(
 _MASK_FOLDER_NAMES = ("masks", "labels", "annotations", "masks_filled", "segmentations")
 
 
-def open_dataset(path: str | Path, **kw: Any) -> SegDataset:
+def open_dataset(path: str | Path, allow_outside_root: bool = False, **kw: Any) -> SegDataset:
     """Open a dataset folder, detecting its layout.
 
-    * ``path/dataset.json`` exists -> :func:`load_msd_folder` (no keyword arguments accepted);
+    * ``path/dataset.json`` exists -> :func:`load_msd_folder` (with ``allow_outside_root``; no
+      other keyword arguments accepted);
     * ``path/images/`` plus one of ``masks/``, ``labels/``, ``annotations/``, ``segmentations/``
       -> :func:`load_image_mask_folders` with ``kw`` (``mask_suffix``, ``labels``, ``modality``,
       ``ignore_label``); pass ``masks_dir=`` to choose the mask folder explicitly.
+
+    Args:
+        path: The dataset folder.
+        allow_outside_root: Accept ``dataset.json`` paths outside the folder (see
+            :func:`load_msd_folder`).
+        **kw: Options of :func:`load_image_mask_folders`.
 
     Raises:
         InputError: missing folder or unrecognised layout.
         TypeError: unknown keyword arguments.
     """
     root = Path(path)
-    if not root.exists():
+    if not path_exists(root):
         raise InputError("dataset folder not found", root, "check the path")
     if not root.is_dir():
         raise InputError("a dataset is a folder, not a file", root, "pass the dataset folder")
     if (root / "dataset.json").exists():
         if kw:
             raise TypeError(f"load_msd_folder takes no options, got {sorted(kw)}")
-        return load_msd_folder(root)
+        return load_msd_folder(root, allow_outside_root=allow_outside_root)
     masks_dir = kw.pop("masks_dir", None)
     if (root / "images").is_dir():
         if masks_dir is None:

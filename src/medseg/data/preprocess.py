@@ -61,6 +61,7 @@ from medseg.data.validate import (
 from medseg.errors import ConfigError, InputError
 from medseg.io.meta import ImageMeta
 from medseg.transforms.resample import (
+    max_grid_voxels,
     resample_labels,
     resample_to_shape,
     shape_for_spacing,
@@ -297,13 +298,20 @@ def make_plan(
                                      st.std, modality=mod))
         else:
             norms.append(ChannelNorm(scheme, modality=mod))
-    return PreprocessPlan(
+    plan = PreprocessPlan(
         spatial_dims=summary.spatial_dims,
         target_spacing=spacing,
         normalization=norms,
         label_interpolation=label_interpolation,
         ignore_label=ds.ignore_label,
     )
+    if spacing is not None:  # every training case's grid at the target spacing must fit
+        files = {c.case_id: c.images[0] for c in ds.cases}
+        for cid, shape, sp in zip(summary.case_ids, summary.shapes, summary.spacings,
+                                  strict=False):
+            if len(shape) == len(spacing):
+                _capped_shape(tuple(shape), tuple(sp), spacing, plan.in_channels, files.get(cid))
+    return plan
 
 
 def _vst_rate(norm: ChannelNorm) -> float:
@@ -438,9 +446,19 @@ def _to_plan_grid(
 
 
 def _target_shape(meta: ImageMeta, plan: PreprocessPlan) -> tuple[int, ...]:
+    """The plan's grid for an image; capped at the size limit (InputError naming the file)."""
     if plan.target_spacing is None:
         return tuple(meta.spatial_shape)
-    return shape_for_spacing(meta.spatial_shape, meta.spacing, plan.target_spacing)
+    return _capped_shape(meta.spatial_shape, meta.spacing, plan.target_spacing, plan.in_channels,
+                         meta.source[0] if meta.source else None)
+
+
+def _capped_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: list[float],
+                  channels: int, source: Any) -> tuple[int, ...]:
+    try:
+        return shape_for_spacing(shape, spacing, target, max_voxels=max_grid_voxels(channels))
+    except InputError as e:
+        raise InputError(e.problem, source, e.hint) from None
 
 
 def preprocess_image(

@@ -6,6 +6,14 @@ keep that geometry, write atomically and refuse to overwrite the file an image w
 
 Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), PNG, JPEG, TIFF, and DICOM
 (single files, lists of files, series folders; see :mod:`medseg.io.dicom`).
+
+Hostile or damaged files (:mod:`medseg.io.limits`): every reader refuses non-regular files (FIFOs,
+devices, links to them) before opening them, checks the size its header declares before reading
+any data, and refuses voxel spacings that are zero, negative, NaN or over 1000 mm, each with one
+:class:`~medseg.errors.InputError` naming the file. The size limit is 4 GiB per image (voxels x
+bytes per voxel as stored), set by the environment variable ``MEDSEG_MAX_IMAGE_BYTES`` (bytes,
+or with a K/M/G/T suffix: ``MEDSEG_MAX_IMAGE_BYTES=16G``); Pillow's decompression-bomb limit
+stays on. Paths listed in data tables are resolved by :mod:`medseg.io.paths`.
 """
 
 from medseg.io.dicom import group_dicom_series, read_dicom_series, write_dicom_series

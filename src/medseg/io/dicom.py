@@ -21,11 +21,15 @@ Uneven slice spacing and missing slices cannot be described by one affine: they 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
+import struct
 import warnings
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -33,6 +37,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     MRImageStorage,
     generate_uid,
@@ -42,6 +47,15 @@ from pydicom.valuerep import format_number_as_ds
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_folder, refuse_source_overwrite
 from medseg.io.dicom_files import dicom_files_in
+from medseg.io.limits import (
+    check_affine,
+    check_declared_size,
+    check_regular_file,
+    check_spacing,
+    format_bytes,
+    max_image_bytes,
+    reader_failure,
+)
 from medseg.io.meta import ImageMeta
 
 PathLike = str | os.PathLike
@@ -59,20 +73,123 @@ class _Header:
     ds: Dataset
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
+             b"UV"}
+_REEXPORT = "remove it from the folder or re-export the series"
+
+
+def _dataset_offset(fh: BinaryIO) -> int | None:
+    """Byte offset of the data set after the file meta group (explicit VR little endian)."""
+    fh.seek(0)
+    head = fh.read(132)
+    pos = 132 if head[128:132] == b"DICM" else 0
+    fh.seek(pos)
+    while True:
+        el = fh.read(8)
+        if len(el) < 8:
+            return None
+        group = struct.unpack("<H", el[:2])[0]
+        if group != 2:
+            return pos
+        vr = el[4:6]
+        if vr in _LONG_VRS:
+            more = fh.read(4)
+            if len(more) < 4:
+                return None
+            length, header = struct.unpack("<I", more)[0], 12
+        else:
+            length, header = struct.unpack("<H", el[6:8])[0], 8
+        pos += header + length
+        fh.seek(pos)
+
+
+def _check_deflated(path: Path) -> None:
+    """Refuse a deflated data set that expands beyond the size limit (pydicom inflates it whole).
+
+    Raises:
+        InputError: the inflated data set is larger than
+            :func:`medseg.io.limits.max_image_bytes`.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+        if DeflatedExplicitVRLittleEndian.encode() not in head:
+            return
+        start = _dataset_offset(fh)
+        if start is None:
+            return
+        fh.seek(start)
+        limit = max_image_bytes()
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while not inflate.eof:
+            data = inflate.unconsumed_tail or fh.read(2**20)
+            if not data:
+                break
+            try:
+                total += len(inflate.decompress(data, 2**22))
+            except zlib.error:
+                return  # damaged: pydicom reports it
+            if total > limit:
+                raise InputError(
+                    f"deflated DICOM data set expands to more than {format_bytes(limit)}, over "
+                    "medseg's limit per image",
+                    path,
+                    "if the file is genuine raise MEDSEG_MAX_IMAGE_BYTES; otherwise "
+                    + _REEXPORT,
+                )
+
+
+class _BoundedFile(io.FileIO):
+    """A file whose reads never ask for more bytes than are left in it.
+
+    pydicom reads an element's declared length in one call; Python allocates that many bytes
+    before reading, so a damaged length of 4 GB in a 1 KB file would allocate 4 GB. Deferred
+    elements (pixel data) are re-opened through this class too (pydicom keeps its type).
+    """
+
+    def __init__(self, name: str | os.PathLike, mode: str = "rb") -> None:
+        super().__init__(name, mode.replace("b", "") or "r")
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self._size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
 def _read_header(path: Path) -> Dataset:
     """Read a file's attributes; pixel data stays on disk until decoded."""
+    check_regular_file(path)
     try:
-        ds = pydicom.dcmread(path, defer_size=4096, force=path.name.lower().endswith(".dcm"))
+        _check_deflated(path)
+        with _BoundedFile(str(path)) as fh:
+            ds = pydicom.dcmread(fh, defer_size=4096, force=path.name.lower().endswith(".dcm"))
         # a forced read of a file without the preamble parses anything: demand DICOM content
         if "SOPClassUID" not in ds and "PixelData" not in ds:
             raise ValueError("no SOPClassUID and no PixelData")
+        # convert the attributes used to group files now, so a damaged value (an unknown VR,
+        # bytes that are no text) fails here, naming this file
+        for keyword in ("Modality", "SeriesInstanceUID", "SeriesDescription", "SOPClassUID"):
+            str(ds.get(keyword, "") or "")
         return ds
+    except InputError:
+        raise
+    except MemoryError as exc:
+        raise reader_failure(exc, path, "DICOM file", _REEXPORT) from exc
     except Exception as exc:  # InvalidDicomError, EOFError, struct errors on damaged files
         raise InputError(
-            f"cannot read DICOM file ({type(exc).__name__}: {exc}); it may be corrupt or not DICOM",
+            f"cannot read DICOM file ({type(exc).__name__}: {_first_line(exc)}); it may be "
+            "corrupt or not DICOM",
             path,
-            "remove it from the folder or re-export the series",
+            _REEXPORT,
         ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:300] + "..." if len(text) > 300 else text
 
 
 def _is_image(ds: Dataset) -> bool:
@@ -136,23 +253,59 @@ def _describe_series(uid: str, hs: list[_Header]) -> str:
     )
 
 
-def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
+_COUNT_WORDS = {1: "one number", 2: "two numbers", 3: "three numbers", 6: "six numbers"}
+
+
+def _floats(ds: Dataset, keyword: str, n: int, path: Path, finite: bool = True) -> np.ndarray:
     value = ds.get(keyword)
+    need = _COUNT_WORDS.get(n, f"{n} numbers")
     try:
-        out = np.asarray([float(v) for v in value], dtype=np.float64)
+        values = [value] if isinstance(value, str | bytes) or not isinstance(
+            value, Iterable) else list(value)
+        out = np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"DICOM attribute {keyword} is unreadable: {value!r}", path) from exc
+        raise InputError(
+            f"DICOM attribute {keyword} is unreadable: {_short(value)}",
+            path,
+            f"fix {keyword} (it must hold {need}) or re-export the series",
+        ) from exc
     if out.shape != (n,):
-        raise InputError(f"DICOM attribute {keyword} has {out.size} values, expected {n}", path)
+        raise InputError(
+            f"DICOM attribute {keyword} has {out.size} value(s) {_short(value)}, expected {n}",
+            path,
+            f"fix {keyword} (it must hold {need}) or re-export the series",
+        )
+    if finite and not np.all(np.isfinite(out)):
+        raise InputError(f"DICOM attribute {keyword} is not finite: {_short(value)}", path,
+                         f"fix {keyword} or re-export the series")
     return out
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = ds.get("RescaleSlope", None)
-    inter = ds.get("RescaleIntercept", None)
-    slope = 1.0 if slope in (None, "") else float(slope)
-    inter = 0.0 if inter in (None, "") else float(inter)
-    return slope, inter
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _pixel_spacing(ds: Dataset, keyword: str, path: Path) -> np.ndarray:
+    """``PixelSpacing`` (row spacing, column spacing) in mm, checked to be usable."""
+    ps = _floats(ds, keyword, 2, path, finite=False)
+    check_spacing(path, ps, keyword)
+    return ps
+
+
+def _rescale(ds: Dataset, path: Path) -> tuple[float, float]:
+    out = []
+    for key, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        value = ds.get(key, None)
+        if value is None or value == "":
+            out.append(default)
+            continue
+        vals = _floats(ds, key, 1, path)
+        out.append(float(vals[0]))
+    if out[0] == 0:
+        raise InputError("DICOM RescaleSlope is 0, which maps every pixel to one value", path,
+                         "fix RescaleSlope (usually 1) or re-export the series")
+    return out[0], out[1]
 
 
 def _pixels(h: _Header) -> np.ndarray:
@@ -206,6 +359,32 @@ def _check_spacing(proj: np.ndarray, files: list[Path], strict: bool) -> bool:
     return True
 
 
+def _check_pixel_size(headers: list[_Header]) -> None:
+    """Refuse a series whose declared pixels (as float32) exceed the size limit, before decoding.
+
+    Raises:
+        InputError: over :func:`medseg.io.limits.max_image_bytes`.
+    """
+    ds0 = headers[0].ds
+    shape = (int(ds0.get("SamplesPerPixel", 1) or 1), int(ds0.get("Columns", 0) or 0),
+             int(ds0.get("Rows", 0) or 0), len(headers))
+    where = headers[0].path.parent if len(headers) > 1 else headers[0].path
+    check_declared_size(where, shape, 4, "DICOM series (as float32)")
+
+
+def _check_pixel_shape(h: _Header, pix: np.ndarray) -> None:
+    samples = int(h.ds.get("SamplesPerPixel", 1) or 1)
+    want = (int(h.ds.get("Rows", 0) or 0), int(h.ds.get("Columns", 0) or 0))
+    want = (*want, samples) if samples > 1 else want
+    if tuple(pix.shape) != want:
+        raise InputError(
+            f"decoded pixel data has shape {tuple(pix.shape)}, but Rows/Columns/SamplesPerPixel "
+            f"declare {want}",
+            h.path,
+            _REEXPORT,
+        )
+
+
 def _assemble(headers: list[_Header], strict: bool) -> tuple[np.ndarray, ImageMeta]:
     first = headers[0]
     ds0 = first.ds
@@ -244,10 +423,12 @@ def _assemble(headers: list[_Header], strict: bool) -> tuple[np.ndarray, ImageMe
                 "read the files one at a time",
             )
         # a 2D projection image (radiograph, ultrasound frame, secondary capture)
-        spacing = ds0.get("PixelSpacing") or ds0.get("ImagerPixelSpacing") or (1.0, 1.0)
-        row_sp, col_sp = (float(s) for s in spacing)
-        slope, inter = _rescale(ds0)
+        key = next((k for k in ("PixelSpacing", "ImagerPixelSpacing") if ds0.get(k)), None)
+        row_sp, col_sp = _pixel_spacing(ds0, key, first.path) if key else (1.0, 1.0)
+        slope, inter = _rescale(ds0, first.path)
+        _check_pixel_size(headers)
         pix = _pixels(first)
+        _check_pixel_shape(first, pix)
         arr = (pix.astype(np.float32) * np.float32(slope) + np.float32(inter))[None]
         arr = _stack_axes(arr)[..., 0]
         affine = np.diag([col_sp, row_sp, 1.0, 1.0])
@@ -255,7 +436,7 @@ def _assemble(headers: list[_Header], strict: bool) -> tuple[np.ndarray, ImageMe
         return arr, _meta(arr, affine, modality, headers, extra)
 
     iop0 = _floats(ds0, "ImageOrientationPatient", 6, first.path)
-    ps0 = _floats(ds0, "PixelSpacing", 2, first.path) if "PixelSpacing" in ds0 else np.ones(2)
+    ps0 = _pixel_spacing(ds0, "PixelSpacing", first.path) if "PixelSpacing" in ds0 else np.ones(2)
     for h in headers[1:]:
         if not np.allclose(_floats(h.ds, "ImageOrientationPatient", 6, h.path), iop0, atol=1e-4):
             raise InputError(
@@ -264,7 +445,7 @@ def _assemble(headers: list[_Header], strict: bool) -> tuple[np.ndarray, ImageMe
                 first.path.parent,
                 "pass the files of one stack only (localizer series often mix three planes)",
             )
-        ps = _floats(h.ds, "PixelSpacing", 2, h.path) if "PixelSpacing" in h.ds else np.ones(2)
+        ps = _pixel_spacing(h.ds, "PixelSpacing", h.path) if "PixelSpacing" in h.ds else np.ones(2)
         if not np.allclose(ps, ps0, atol=1e-4):
             raise InputError(
                 f"slices have different PixelSpacing ({ps0} vs {ps} in {h.path.name})",
@@ -310,13 +491,18 @@ def _assemble(headers: list[_Header], strict: bool) -> tuple[np.ndarray, ImageMe
     lps[:3, 2] = step_vec
     lps[:3, 3] = pos[0]
     affine = _LPS_TO_RAS @ lps
+    check_affine(first.path.parent if n > 1 else first.path, affine, 3)
+    rescale = [_rescale(h.ds, h.path) for h in headers]
+    _check_pixel_size(headers)
 
     first_pix = _pixels(headers[0])
+    _check_pixel_shape(headers[0], first_pix)
     vol = np.empty((n, *first_pix.shape), dtype=np.float32)
     slopes, inters = [], []
     for k, h in enumerate(headers):
         pix = first_pix if k == 0 else _pixels(h)
-        slope, inter = _rescale(h.ds)
+        _check_pixel_shape(h, pix)
+        slope, inter = rescale[k]
         slopes.append(slope)
         inters.append(inter)
         vol[k] = pix.astype(np.float32) * np.float32(slope) + np.float32(inter)
@@ -399,7 +585,13 @@ def read_dicom_series(
         )
     else:
         chosen = next(iter(groups.values()))
-    arr, meta = _assemble(chosen, strict)
+    try:
+        arr, meta = _assemble(chosen, strict)
+    except InputError:
+        raise
+    except Exception as exc:  # attributes pydicom cannot convert, inconsistent values
+        where_err = chosen[0].path.parent if len(chosen) > 1 else chosen[0].path
+        raise reader_failure(exc, where_err, "DICOM series", _REEXPORT) from exc
     chosen_ids = {id(h) for h in chosen}
     skipped = [str(h.path) for h in headers if id(h) not in chosen_ids]
     if skipped:

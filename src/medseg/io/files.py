@@ -59,10 +59,18 @@ def detect_format(path: PathLike) -> str:
         InputError: the path does not exist, or its format is not supported.
     """
     p = Path(path)
-    if not p.exists():
+    try:
+        exists, is_dir = p.exists(), p.is_dir()
+    except (OSError, ValueError) as exc:  # name too long, NUL byte, permission denied
+        raise InputError(f"cannot access the path ({exc})", p, "check the path") from None
+    if not exists:
         raise InputError("file or folder not found", p, "check the path (and the working folder)")
-    if p.is_dir():
-        if is_dicom_folder(p):
+    if is_dir:
+        try:
+            dicom = is_dicom_folder(p)
+        except OSError as exc:
+            raise InputError(f"cannot list the folder ({exc})", p, "check permissions") from None
+        if dicom:
             return "dicom"
         raise InputError(
             "folder holds no DICOM files, so it cannot be read as one image",

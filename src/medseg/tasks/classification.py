@@ -488,19 +488,67 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
 
 
 def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """``(ids, class names, (N, K) probabilities)`` from a ``predictions.csv``."""
+    """``(ids, class names, (N, K) probabilities)`` from a ``predictions.csv``.
+
+    Args:
+        path: The file, or the folder holding ``predictions.csv``.
+
+    Raises:
+        InputError: missing or unreadable file (not UTF-8, a field over the CSV limit), no ``id``
+            or ``p_<class>`` column, a short row, a duplicate id, or a probability that is not a
+            finite number in [0, 1] (each naming the file and the line).
+    """
+    from medseg.data.classification import read_csv_rows
+    from medseg.io.limits import check_regular_file
+    from medseg.io.paths import path_exists
+
     p = Path(path)
-    if p.is_dir():
+    if path_exists(p) and p.is_dir():
         p = p / "predictions.csv"
-    if not p.is_file():
+    if not path_exists(p):
         raise InputError("predictions.csv not found", p, "run medseg predict first")
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise InputError("no predictions in the file", p)
-    names = [k[2:] for k in rows[0] if k.startswith("p_")]
-    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows], dtype=np.float64)
-    return [r["id"] for r in rows], names, probs
+    check_regular_file(p)
+    header, rows = read_csv_rows(p, "predictions table")
+    if header is None or not rows:
+        raise InputError("no predictions in the file", p, "run medseg predict first")
+    header = [h.strip() for h in header]
+    redo = "write it again with medseg predict"
+    if "id" not in header:
+        raise InputError(f"no 'id' column in header {header[:10]}", p, redo)
+    names = [h[2:] for h in header if h.startswith("p_")]
+    if not names:
+        raise InputError(f"no probability columns (p_<class>) in header {header[:10]}", p, redo)
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate probability columns in header {header[:10]}", p, redo)
+    cols = [header.index(f"p_{n}") for n in names]
+    at_id = header.index("id")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    probs = np.empty((len(rows), len(names)), dtype=np.float64)
+    for r, (line, row) in enumerate(rows):
+        if len(row) < len(header):
+            raise InputError(f"line {line} has {len(row)} values but the header has "
+                             f"{len(header)} columns", p, redo)
+        cid = row[at_id]
+        if not cid or cid in seen:
+            what = "an empty id" if not cid else f"id {cid!r} again (first at line {seen[cid]})"
+            raise InputError(f"line {line} has {what}", p, "give every case one distinct id")
+        seen[cid] = line
+        ids.append(cid)
+        for k, c in enumerate(cols):
+            try:
+                v = float(row[c])
+            except ValueError:
+                v = math.nan
+            if not (0.0 <= v <= 1.0):  # also NaN
+                raise InputError(
+                    f"line {line}: probability p_{names[k]} = {row[c][:40]!r} is not a number in "
+                    "[0, 1]",
+                    p,
+                    redo,
+                )
+            probs[r, k] = v
+    return ids, names, probs
 
 
 def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str | Path,

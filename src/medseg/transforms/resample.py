@@ -20,23 +20,51 @@ used in practice are mild (typically < 2x).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.errors import InputError
+from medseg.io.limits import ENV_MAX_IMAGE_BYTES, max_image_bytes
+
 ArrayLike = np.ndarray | torch.Tensor
 
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def max_grid_voxels(channels: int = 1) -> int:
+    """The most voxels a resampled grid may have: the per-image size limit
+    (:func:`medseg.io.limits.max_image_bytes`, ``MEDSEG_MAX_IMAGE_BYTES``) as float32 over
+    ``channels`` channels."""
+    return max_image_bytes() // (4 * max(int(channels), 1))
+
+
 def shape_for_spacing(
-    spatial_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]
+    spatial_shape: Sequence[int],
+    old_spacing: Sequence[float],
+    new_spacing: Sequence[float],
+    max_voxels: int | None = None,
 ) -> tuple[int, ...]:
     """The grid size that covers the same field of view at ``new_spacing``.
 
     ``round(old_shape * old_spacing / new_spacing)``, at least 1 per axis.
+
+    Args:
+        spatial_shape: Current grid size.
+        old_spacing: Current voxel size (mm) per axis.
+        new_spacing: Requested voxel size (mm) per axis.
+        max_voxels: Largest grid allowed; ``None`` means :func:`max_grid_voxels` (one channel).
+
+    Returns:
+        The new grid size.
+
+    Raises:
+        ValueError: lengths differ, or a spacing is not a positive finite number.
+        InputError: the new grid has more than ``max_voxels`` voxels (e.g. a 5000 mm spacing in a
+            header resampled to 1 mm).
 
     Example:
         ``shape_for_spacing((100, 50), (1.0, 2.0), (2.0, 2.0)) == (50, 50)``.
@@ -48,10 +76,31 @@ def shape_for_spacing(
         )
     out = []
     for n, o, s in zip(spatial_shape, old_spacing, new_spacing, strict=True):
-        if o <= 0 or s <= 0:
-            raise ValueError(f"spacings must be positive, got old {old_spacing} new {new_spacing}")
-        out.append(max(1, int(round(n * float(o) / float(s)))))
+        o, s = float(o), float(s)
+        if not (math.isfinite(o) and math.isfinite(s) and o > 0 and s > 0):
+            raise ValueError(
+                f"spacings must be positive finite numbers, got old {tuple(old_spacing)} new "
+                f"{tuple(new_spacing)}"
+            )
+        ratio = int(n) * o / s
+        out.append(min(max(1, int(round(ratio))), 2**63) if math.isfinite(ratio) else 2**63)
+    limit = max_grid_voxels() if max_voxels is None else int(max_voxels)
+    total = math.prod(out)
+    if total > limit:
+        shown = "a " + "x".join(str(v) for v in out) if max(out) < 2**63 else "an unbounded"
+        raise InputError(
+            f"resampling the {'x'.join(str(int(v)) for v in spatial_shape)} grid from spacing "
+            f"{_mm(old_spacing)} mm to {_mm(new_spacing)} mm would make {shown} grid "
+            f"({total:.3g} voxels), over the limit of {limit} voxels ({ENV_MAX_IMAGE_BYTES} as "
+            "float32)",
+            None,
+            "check the voxel spacing in the image header, or choose a coarser target spacing",
+        )
     return tuple(out)
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in spacing) + ")"
 
 
 def spacing_after_resample(
