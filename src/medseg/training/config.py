@@ -450,6 +450,9 @@ def load_yaml(text: str, source: str) -> Any:
     """
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("the configuration is nested too deeply", source,
+                          "use plain YAML: mappings, lists, numbers, text, true/false") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
         msg = " ".join(line.strip() for line in first[:3])
@@ -533,4 +536,10 @@ def _build(cls: type, d: Any, where: str) -> Any:
             f"{where}: unknown key(s) {unknown} in {cls.__name__}; valid: {sorted(names)}"
         )
     kwargs = {k: _check_value(hints[k], v, f"{where}.{k}") for k, v in d.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, ArithmeticError, AttributeError, IndexError,
+            KeyError) as e:  # a section's own range checks on values of odd types
+        raise ConfigError(f"{where}: {e}", hint="fix the value in the config") from None
