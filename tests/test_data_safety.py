@@ -161,3 +161,14 @@ def test_metrics_json_and_csv_never_disagree_after_a_crash(tmp_path, monkeypatch
     # the new CSV is there, and no metrics.json describes another CSV
     assert (out / "metrics.csv").read_text() == "a,b\n3,4\n"
     assert not (out / "metrics.json").exists()
+
+
+def test_dataset_json_given_as_a_list_is_one_line(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    dj = tmp_path / "dataset.json"
+    dj.write_text("[1, 2]")
+    rc = main(["evaluate", "--pred", str(ref), "--ref", str(ref), "--output",
+               str(tmp_path / "ev"), "--dataset-json", str(dj)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "dataset.json" in err[0]

@@ -239,7 +239,11 @@ class ModelFolder:
         members = []
         for name in plan.members:
             sub = folder / name
-            if not (sub / PLAN_NAME).is_file():
+            try:
+                present = (sub / PLAN_NAME).is_file()
+            except OSError:  # e.g. a name too long for the file system
+                present = False
+            if not present:
                 raise InputError(f"the ensemble member {name!r} is missing", sub,
                                  f"train it (medseg train --resume --output {sub}) or remove it "
                                  "from plan.json's members")

@@ -17,7 +17,6 @@ map with the input's affine. Evaluation: per case and class Dice, IoU, HD95 and 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -899,19 +898,14 @@ def evaluate_folders(
     pred, ref, out = Path(pred), Path(ref), Path(output)
     names: dict[int, str] = {}
     if dataset_json is not None:
-        dj = Path(dataset_json)
-        try:
-            table = json.loads(dj.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read dataset.json ({e})", dj) from None
-        lab = table.get("labels", {})
-        if lab and all(isinstance(v, int) for v in lab.values()):
-            names = {int(v): k for k, v in lab.items()}
-        else:
-            names = {int(k): v for k, v in lab.items()}
+        from medseg.data.layouts import load_label_table
+
+        # checked: a JSON object, UTF-8, finite integer labels (one line naming the file)
+        table, table_ignore = load_label_table(dataset_json)
+        names = {int(v): k for k, v in table.items()}
         if ignore_label is None:
-            ignore_label = table.get("ignore_label", names and next(
-                (v for v, k in names.items() if k == "ignore"), None))
+            ignore_label = table_ignore if table_ignore is not None else next(
+                (v for v, k in names.items() if k == "ignore"), None)
         if labels is None:
             labels = sorted(v for v in names if v not in (0, ignore_label))
     pairs = match_cases(pred, ref, ref_suffix)
