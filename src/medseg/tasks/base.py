@@ -163,7 +163,7 @@ def check_prediction_output(request: PredictRequest) -> None:
                          "written there before")
 
 
-class TaskTrainer:
+class TaskTrainer(ABC):
     """One training run of a task: the engine calls these, in this order, every epoch.
 
     ``batches`` -> per step ``loss`` (under autocast) -> ``after_step`` -> at the epoch's end
@@ -175,16 +175,17 @@ class TaskTrainer:
     #: Number of validation items (0 = the run has no validation split).
     n_val: int = 0
 
+    @abstractmethod
     def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> Iterator[Any]:
         """The epoch's batches; every random stream seeded from ``seed`` (= the epoch seed)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         """``(scalar fp32 loss, network output)`` of one batch; ``net`` may be DDP-wrapped."""
-        raise NotImplementedError
 
     def after_step(self, batch: Any, output: Any) -> None:
-        """After a successful optimiser step (e.g. update adaptive weights)."""
+        """After a successful optimiser step (e.g. update adaptive weights); none by default."""
+        return None
 
     def end_epoch(self) -> dict[str, float]:
         """Extra ``train_log.csv`` columns of the epoch (e.g. the class weights in use)."""
@@ -214,7 +215,8 @@ class TaskTrainer:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (nothing to restore by default)."""
+        return None
 
 
 class Task(ABC):

@@ -239,7 +239,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     """``medseg calibrate``: temperature scaling of a model folder on labelled data (U5)."""
     from medseg.model_folder import ModelFolder
     from medseg.tasks import get_task
-    from medseg.training.calibration import calibrate, describe, write_calibration
+    from medseg.training.calibration import (
+        calibrate,
+        describe,
+        read_calibration,
+        write_calibration,
+    )
 
     folder = ModelFolder.open(a.model)
     path = folder.path / "calibration.json"
@@ -251,8 +256,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     task = get_task(folder.task)
     labels = Path(a.labels) if a.labels else None
     if a.conformal:
-        from medseg.training.calibration import read_calibration
-
         if not hasattr(task, "conformal_volumes"):
             from medseg.errors import InputError
 
@@ -270,11 +273,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         return 0
     cs = task.calibration_set_from(folder, Path(a.data), labels, a.split, a.device, print)
     doc = calibrate(cs)
-    conformal = None
-    if path.exists():
-        from medseg.training.calibration import read_calibration
-
-        conformal = read_calibration(folder.path).get("conformal")
+    conformal = read_calibration(folder.path).get("conformal")  # kept beside the new T
     if conformal is not None:
         doc["conformal"] = conformal
     write_calibration(folder.path, doc, overwrite=a.force)
