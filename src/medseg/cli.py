@@ -192,6 +192,9 @@ def _add_evaluate(sub: Any) -> None:
                         "default) or face (4/6 neighbours, MONAI's)")
     e.add_argument("--bootstrap", type=int, default=1000,
                    help="classification: bootstrap resamples for the 95%% intervals")
+    e.add_argument("--allow-outside-root", action="store_true",
+                   help="accept label-table / restoration.json paths that are absolute, use "
+                        "'..' or lead out of their folder (only for tables you trust)")
 
 
 def _add_data_commands(sub: Any) -> None:

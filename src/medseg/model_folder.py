@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from medseg.errors import InputError
+from medseg.io.paths import path_inside
 from medseg.training.checkpoint import (
     BEST_NAME,
     CONFIG_NAME,
@@ -237,8 +238,13 @@ class ModelFolder:
                              f"give a model trained with --task {task}")
         get_task(plan.task).check_plan(plan, plan_path)
         members = []
-        for name in plan.members:
+        for k, name in enumerate(plan.members):
             sub = folder / name
+            # a member is a sub-folder, not a symbolic link to another model elsewhere
+            if sub.is_symlink() or not path_inside(sub, folder):
+                raise InputError(f"plan.json members[{k}] {name!r} is a link leading out of the "
+                                 "model folder", plan_path,
+                                 "copy the member's folder into the model folder")
             try:
                 present = (sub / PLAN_NAME).is_file()
             except OSError:  # e.g. a name too long for the file system

@@ -388,3 +388,40 @@ def test_instance_map_with_huge_ids_is_renumbered(tmp_path):
     out = read_instance_map(InstanceCase("c", path, [], path), (4, 5))
     assert out.max() == 2 and out[2, 2] == 1 and out[0, 0] == out[3, 4] == 2
     assert (out == 0).sum() == (lab == 0).sum()
+
+
+def test_allow_outside_root_is_a_setting_of_every_data_task(tmp_path):
+    """``data.allow_outside_root`` reaches the dataset readers (refused by default)."""
+    from medseg.tasks import get_task
+    from medseg.training.config import ExperimentConfig
+
+    secret = tmp_path / "secret.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), secret)
+    root = _msd(tmp_path / "abs", _table(test=[str(secret)]))
+    cfg = ExperimentConfig().override([f"data.dataset={root}"])
+    task = get_task("segmentation")
+    assert "data.allow_outside_root" in task.uses
+    with pytest.raises(InputError, match="is an absolute path"):
+        task.open_dataset(cfg)
+    cfg = cfg.override(["data.allow_outside_root=true"])
+    assert task.open_dataset(cfg).test_cases[0].images[0] == secret.resolve()
+    assert "data.allow_outside_root" in get_task("classification").uses
+
+
+def test_json_tables_are_read_strictly(tmp_path):
+    from medseg.io.paths import read_json_object
+
+    f = tmp_path / "restoration.json"
+    for text, problem in [("[1, 2]", "must hold a JSON object, not a list"),
+                          ('{"a": NaN}', "is not valid JSON (NaN is not a JSON number"),
+                          ("{", "is not valid JSON (Expecting property name"),
+                          ("[" * 100_000 + "]" * 100_000, "is not valid JSON")]:
+        f.write_text(text)
+        with pytest.raises(InputError) as info:
+            read_json_object(f, "the fix")
+        assert str(info.value).startswith(f"{f}: restoration.json {problem}"), str(info.value)
+    f.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(InputError, match=r"restoration.json is not UTF-8 text \(byte 7\)"):
+        read_json_object(f)
+    f.write_text('{"a": 1}')
+    assert read_json_object(f) == {"a": 1}

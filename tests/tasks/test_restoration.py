@@ -280,3 +280,50 @@ def test_sample_pairs_crops_and_mirrors_input_and_target_alike():
              (sample_pairs(x[:1], y[:1], None, np.random.default_rng(k), swap=True)
               for k in range(20))]
     assert 1.0 in signs and -1.0 in signs
+
+
+def test_restoration_record_entries_stay_in_the_prediction_folder(tmp_path: Path):
+    """``restoration.json`` is data a user may be sent: its paths and ids are checked."""
+    from medseg.tasks.restoration import RECORD_NAME, evaluate_restoration
+
+    ds = write_restoration_dataset(tmp_path / "ds", "mr", 1, 1, size=16, level=1, seed=2)
+    _, noise = read_restoration_json(ds)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    clean, meta = read_image(ds / "cleanTs" / "case_001.nii.gz")
+    write_image(pred / "case_001.nii.gz", clean, replace(meta, source=()))
+    outside = tmp_path / "elsewhere.nii.gz"
+    write_image(outside, clean, replace(meta, source=()))
+    rec_path = pred / RECORD_NAME
+
+    def record(cases: object) -> None:
+        rec_path.write_text(json.dumps({"noise": noise.to_dict(), "cases": cases}))
+
+    record([{"id": "case_001", "prediction": "case_001.nii.gz"}])
+    res = evaluate_restoration(pred, ds, tmp_path / "ev0", log=lambda s: None)
+    assert res["result"]["mean"]["psnr"] == math.inf  # the prediction equals the truth
+    assert res["result"]["mean"]["ssim"] == pytest.approx(1.0)
+    hint = "allow_outside_root=True (setting data.allow_outside_root: true)"
+    for k, (cases, problem) in enumerate([
+            ([{"id": "case_001", "prediction": str(outside)}], "is an absolute path"),
+            ([{"id": "case_001", "prediction": "../elsewhere.nii.gz"}],
+             "climbs out of the folder with '..'"),
+            ([{"id": "../ds/cleanTs/case_001", "prediction": "case_001.nii.gz"}],
+             "is not a plain case name"),
+            ([{"id": "case_001"}], "must be a non-empty file path (a string), got None"),
+            ({"id": "case_001"}, 'has no list of "cases"'),
+            (["case_001"], "cases[0] is not an object")]):
+        record(cases)
+        with pytest.raises(InputError) as e:
+            evaluate_restoration(pred, ds, tmp_path / f"ev{k + 1}", log=lambda s: None)
+        assert e.value.path == rec_path and problem in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+        if k < 2:
+            assert hint in str(e.value)
+    record([{"id": "case_001", "prediction": str(outside)}])  # the user opts in
+    res = evaluate_restoration(pred, ds, tmp_path / "ev9", log=lambda s: None,
+                               allow_outside_root=True)
+    assert res["result"]["mean"]["ssim"] == pytest.approx(1.0)
+    rec_path.write_text("[]")
+    with pytest.raises(InputError, match="must hold a JSON object, not a list"):
+        evaluate_restoration(pred, ds, tmp_path / "ev10", log=lambda s: None)

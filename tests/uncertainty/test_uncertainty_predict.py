@@ -190,6 +190,14 @@ def test_ensemble_folder_members_and_identical_members(seg, tmp_path, capsys):
                "--output", str(tmp_path / "p3")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "ensemble member 'member_1' is missing" in err[0]
+    # a member that is a link to a model folder elsewhere is refused (model folders are data)
+    (same / "member_1").symlink_to(ens / "member_1", target_is_directory=True)
+    rc = main(["predict", "--model", str(same), "--input", str(ds / "imagesTs"),
+               "--output", str(tmp_path / "p4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0] == (
+        f"medseg predict: error: {same / 'plan.json'}: plan.json members[1] 'member_1' is a link "
+        "leading out of the model folder -> copy the member's folder into the model folder")
 
 
 # ---------------------------------------------------------------- variance head (U1)

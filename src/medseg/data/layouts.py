@@ -24,7 +24,6 @@ once; the pixel-level checks live in :mod:`medseg.data.validate`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -33,11 +32,7 @@ from typing import Any
 
 from medseg.errors import InputError
 from medseg.io.files import file_suffix
-from medseg.io.limits import check_regular_file
-from medseg.io.paths import path_exists, resolve_listed_path
-
-#: Largest ``dataset.json`` read (a label table, not data): 64 MiB.
-MAX_TABLE_BYTES = 64 * 2**20
+from medseg.io.paths import path_exists, read_json_object, resolve_listed_path
 
 #: Channel names (lower case) that mean magnetic resonance in nnU-Net / MSD tables.
 _MR_NAMES = {
@@ -176,10 +171,6 @@ def strip_ending(name: str, ending: str | None = None) -> str:
     return name[: -len(suffix)] if suffix else Path(name).stem
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def read_dataset_json(path: str | Path) -> dict[str, Any]:
     """Read a ``dataset.json`` as a JSON object, refusing what the JSON standard does not allow.
 
@@ -190,9 +181,8 @@ def read_dataset_json(path: str | Path) -> dict[str, Any]:
         The parsed object.
 
     Raises:
-        InputError: missing or not a regular file, over 64 MiB, not UTF-8, invalid JSON (also
-            ``NaN``/``Infinity``, which Python's json module would accept), nested too deeply, or
-            not an object.
+        InputError: see :func:`medseg.io.paths.read_json_object` (missing, not a regular file,
+            over 64 MiB, not UTF-8, invalid JSON or ``NaN``/``Infinity``, too deep, not an object).
     """
     path = Path(path)
     if not path_exists(path):
@@ -203,25 +193,8 @@ def read_dataset_json(path: str | Path) -> dict[str, Any]:
             "images with a folder of masks use load_image_mask_folders / open_dataset(images=..., "
             "masks=...)",
         )
-    check_regular_file(path)
-    if path.stat().st_size > MAX_TABLE_BYTES:
-        raise InputError(f"dataset.json is {path.stat().st_size} bytes, more than a label table "
-                         f"needs (limit {MAX_TABLE_BYTES // 2**20} MiB)", path,
-                         "pass the dataset's dataset.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except UnicodeDecodeError as e:
-        raise InputError(f"dataset.json is not UTF-8 text (byte {e.start})", path,
-                         "save it as UTF-8 JSON") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise InputError(f"dataset.json is not valid JSON ({str(e)[:200]})", path,
-                         "fix the syntax (NaN and Infinity are not JSON)") from None
-    except OSError as e:
-        raise InputError(f"cannot read dataset.json ({e})", path, "check the file") from None
-    if not isinstance(data, dict):
-        raise InputError(f"dataset.json must hold a JSON object, not a {type(data).__name__}",
-                         path, 'see the MSD/nnU-Net format: {"labels": ..., "channel_names": ...}')
-    return data
+    return read_json_object(
+        path, 'see the MSD/nnU-Net format: {"labels": ..., "channel_names": ...}')
 
 
 def load_label_table(path: str | Path) -> tuple[dict[str, int], int | None]:

@@ -8,10 +8,16 @@ dataset that points elsewhere) unless the user says they trust it
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import InputError
+from medseg.io.limits import check_regular_file
+
+#: Largest JSON table read (a dataset.json of 10^5 cases is a few MiB).
+MAX_TABLE_BYTES = 64 * 2**20
 
 #: What a refused entry's message suggests.
 OUTSIDE_ROOT_HINT = (
@@ -26,6 +32,14 @@ def path_exists(path: Path) -> bool:
     try:
         return path.exists()
     except (OSError, ValueError):
+        return False
+
+
+def path_inside(path: Path, root: Path) -> bool:
+    """``path`` resolves (through symbolic links) to ``root`` or somewhere below it."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+    except (OSError, ValueError, RuntimeError):
         return False
 
 
@@ -83,6 +97,49 @@ def resolve_listed_path(
             OUTSIDE_ROOT_HINT,
         )
     return resolved
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json_object(path: str | Path, hint: str = "write it as a JSON object") -> dict[str, Any]:
+    """Read a JSON table a user may have been sent, refusing what the JSON standard does not allow.
+
+    Args:
+        path: The file (``dataset.json``, ``restoration.json``, ...), named in every message.
+        hint: The fix suggested when the file does not hold a JSON object.
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        InputError: missing or not a regular file, over :data:`MAX_TABLE_BYTES`, not UTF-8,
+            invalid JSON (also ``NaN``/``Infinity``, which Python's json module would accept),
+            nested too deeply, or not an object.
+    """
+    path = Path(path)
+    name = path.name
+    if not path_exists(path):
+        raise InputError(f"{name} not found", path, hint)
+    check_regular_file(path)
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise InputError(f"{name} is {path.stat().st_size} bytes, more than a table needs "
+                         f"(limit {MAX_TABLE_BYTES // 2**20} MiB)", path, hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name} is not UTF-8 text (byte {e.start})", path,
+                         "save it as UTF-8 JSON") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{name} is not valid JSON ({str(e)[:200]})", path,
+                         "fix the syntax (NaN and Infinity are not JSON)") from None
+    except OSError as e:
+        raise InputError(f"cannot read {name} ({e})", path, "check the file") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{name} must hold a JSON object, not a {type(data).__name__}",
+                         path, hint)
+    return data
 
 
 def _short(value: object) -> str:

@@ -37,6 +37,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
 from medseg.io.meta import ImageMeta
+from medseg.io.paths import read_json_object
 from medseg.physics.noise import (
     MU_WATER_PER_MM,
     ct_photons_for_sigma,
@@ -109,10 +110,7 @@ def read_restoration_json(folder: str | Path) -> tuple[dict[str, Any], NoisePara
     if not js.is_file():
         raise InputError("no dataset.json in the restoration dataset folder", js.parent,
                          "write one with `medseg restoration-data --output DIR`")
-    try:
-        d = json.loads(js.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read dataset.json ({e})", js) from None
+    d = read_json_object(js, "use a dataset written by `medseg restoration-data`")
     if not isinstance(d, dict) or d.get("task") != "restoration":
         raise InputError("dataset.json does not say \"task\": \"restoration\"", js,
                          "use a dataset written by `medseg restoration-data`")

@@ -47,6 +47,9 @@ ENGINE_SETTINGS = frozenset({
     "train.folds", "data.fold",
 })
 
+#: The setting of tasks whose datasets list file paths in a table (``dataset.json``, CSV).
+TABLE_SETTINGS = frozenset({"data.allow_outside_root"})
+
 #: The settings of ``loss.class_weighting`` (L4), for tasks that use :func:`class_weighting`.
 CLASS_WEIGHTING_SETTINGS = frozenset({
     "loss.class_weighting", "loss.balance_p_own", "loss.balance_p_rest",
@@ -115,6 +118,8 @@ class EvaluateRequest:
         mask_threshold: Instances: binarisation of soft DSB2018 masks.
         nsd_tolerance: Segmentation: tolerance in mm of the normalised surface Dice.
         surface: Segmentation: surface definition of HD95 / ASSD / NSD, ``full`` or ``face``.
+        allow_outside_root: Accept paths in label tables and ``restoration.json`` that are
+            absolute, climb out with ``..`` or resolve outside their folder.
     """
 
     pred: Path
@@ -130,6 +135,7 @@ class EvaluateRequest:
     mask_threshold: float | None = None
     nsd_tolerance: float = 1.0
     surface: str = "full"
+    allow_outside_root: bool = False
 
 
 def check_prediction_output(request: PredictRequest) -> None:

@@ -42,6 +42,7 @@ from medseg.tasks import register_task
 from medseg.tasks.base import (
     CLASS_WEIGHTING_SETTINGS,
     SPLIT_SETTINGS,
+    TABLE_SETTINGS,
     EvaluateRequest,
     Log,
     PredictRequest,
@@ -306,7 +307,8 @@ def prepare_classification(cfg: ExperimentConfig, log: Log = print
     Returns:
         The arrays and the ``plan.json`` entries prediction needs.
     """
-    ds = open_classification(cfg.data.dataset, modality=cfg.data.modality or "other")
+    ds = open_classification(cfg.data.dataset, modality=cfg.data.modality or "other",
+                             allow_outside_root=cfg.data.allow_outside_root)
     splits = ds.splits()
     if "train" in splits and "val" in splits and cfg.train.folds < 2:
         tr, va = ds.subset(split="train"), ds.subset(split="val")
@@ -626,7 +628,8 @@ class ClassificationTask(Task):
     default_model = "resnet_classifier"
     predict_options = frozenset({"checkpoint", "device", "split", "uncertainty",
                                  "samples", "seed"})
-    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {"data.modality", "data.image_size",
+    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | TABLE_SETTINGS | {
+        "data.modality", "data.image_size",
                                                         "augment", "train.threshold"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:

@@ -52,7 +52,14 @@ from medseg.metrics.instance import (
 )
 from medseg.model_folder import ModelFolder, Plan
 from medseg.tasks import register_task
-from medseg.tasks.base import EvaluateRequest, Log, PredictRequest, output_label, plan_entry
+from medseg.tasks.base import (
+    TABLE_SETTINGS,
+    EvaluateRequest,
+    Log,
+    PredictRequest,
+    output_label,
+    plan_entry,
+)
 from medseg.tasks.segmentation import (
     PreparedData,
     SegmentationModel,
@@ -305,7 +312,8 @@ class InstanceTask(SegmentationTask):
 
     name = "instance"
     description = "instance segmentation (nuclei, cells): interior/boundary targets + watershed"
-    uses = SegmentationTask.uses | {"instance"}
+    # instance datasets are folders of images and masks, not path tables
+    uses = (SegmentationTask.uses - TABLE_SETTINGS) | {"instance"}
     predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
                                  "uncertainty", "samples", "seed", "per_class"})
 

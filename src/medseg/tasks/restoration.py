@@ -30,6 +30,7 @@ import torch
 from medseg.errors import ConfigError, InputError
 from medseg.io import list_image_files, read_image, write_image
 from medseg.io.atomic import atomic_write_text
+from medseg.io.paths import read_json_object, resolve_listed_path
 from medseg.losses.restoration import (
     from_network,
     restoration_loss,
@@ -363,8 +364,39 @@ def _finite(o: object) -> object:
     return None if isinstance(o, float) and not math.isfinite(o) else o
 
 
+def _record_cases(rec: dict, pred_dir: Path, rec_path: Path, allow_outside_root: bool
+                  ) -> list[tuple[str, Path]]:
+    """``(case id, prediction file)`` of each ``restoration.json`` entry, checked.
+
+    A case id names files in the reference folders, so it must be a plain file name; the
+    prediction must lie in the prediction folder (unless ``allow_outside_root``).
+
+    Raises:
+        InputError: ``cases`` is not a list of objects, an id is not a plain name, or a
+            prediction path is absolute, climbs out with ``..`` or resolves outside the folder.
+    """
+    cases = rec.get("cases")
+    if not isinstance(cases, list):
+        raise InputError(f"{RECORD_NAME} has no list of \"cases\"", rec_path,
+                         "run medseg predict with a restoration model again")
+    out = []
+    for i, c in enumerate(cases):
+        if not isinstance(c, dict):
+            raise InputError(f"cases[{i}] is not an object", rec_path,
+                             "run medseg predict with a restoration model again")
+        cid = c.get("id")
+        if (not isinstance(cid, str) or not cid or cid in (".", "..")
+                or any(ch in cid for ch in "/\\\0")):
+            raise InputError(f"cases[{i}].id {cid!r} is not a plain case name", rec_path,
+                             "a case id is a file name without folders")
+        out.append((cid, resolve_listed_path(pred_dir, c.get("prediction"),
+                                             f"cases[{i}].prediction", rec_path,
+                                             allow_outside_root)))
+    return out
+
+
 def evaluate_restoration(pred: str | Path, ref: str | Path, output: str | Path,
-                         log: Log = print) -> dict:
+                         log: Log = print, allow_outside_root: bool = False) -> dict:
     """Score denoised images against the clean truth, and a held-out noisy realisation's NLL.
 
     Args:
@@ -372,6 +404,8 @@ def evaluate_restoration(pred: str | Path, ref: str | Path, output: str | Path,
         ref: A restoration dataset folder (uses ``cleanTs`` and ``targetsTs``), or a folder of
             clean images (then ``../targetsTs`` is used for the NLL when it exists).
         output: Folder for ``metrics.json`` and ``metrics.csv``.
+        log: Where the summary goes.
+        allow_outside_root: Accept ``restoration.json`` prediction paths outside its folder.
 
     Returns:
         ``{"result": {...per case and mean...}, "files": [json, csv]}``. PSNR uses the noise
@@ -386,16 +420,16 @@ def evaluate_restoration(pred: str | Path, ref: str | Path, output: str | Path,
     if not rec_path.is_file():
         raise InputError(f"no {RECORD_NAME} in the prediction folder", pred_dir,
                          "run medseg predict with a restoration model first")
-    rec = json.loads(rec_path.read_text())
+    rec = read_json_object(rec_path, "run medseg predict with a restoration model again")
     noise = NoiseParams.from_dict(rec.get("noise"), rec_path)
+    cases = _record_cases(rec, pred_dir, rec_path, allow_outside_root)
     clean_dir, noisy_dir, ds_noise = _ref_folders(ref)
     if ds_noise is not None and ds_noise.modality != noise.modality:
         raise InputError(f"the model is for {noise.modality}, the dataset is "
                          f"{ds_noise.modality}", ref)
     rows = []
-    for c in rec["cases"]:
-        cid = c["id"]
-        p_arr, _ = read_image(pred_dir / c["prediction"])
+    for cid, pred_file in cases:
+        p_arr, _ = read_image(pred_file)
         cf = clean_dir / f"{cid}.nii.gz"
         if not cf.is_file():
             raise InputError(f"no clean reference for case {cid}", cf,
@@ -504,7 +538,8 @@ class RestorationTask(Task):
                                    checkpoint=request.checkpoint, device=request.device, log=log)
 
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
-        return evaluate_restoration(request.pred, request.ref, request.output, log=log)
+        return evaluate_restoration(request.pred, request.ref, request.output, log=log,
+                                    allow_outside_root=request.allow_outside_root)
 
     def recognises(self, pred: Path) -> bool:
         return (pred / RECORD_NAME).is_file()

@@ -69,6 +69,7 @@ from medseg.tasks import register_task
 from medseg.tasks.base import (
     CLASS_WEIGHTING_SETTINGS,
     SPLIT_SETTINGS,
+    TABLE_SETTINGS,
     EvaluateRequest,
     Log,
     PredictRequest,
@@ -996,7 +997,7 @@ class SegmentationTask(Task):
     predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
                                  "save_probabilities", "uncertainty", "samples", "seed",
                                  "per_class"})
-    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | {
+    uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | TABLE_SETTINGS | {
         "data.masks", "data.mask_suffix", "data.modality", "data.spatial_dims",
         "data.val_max_cases", "preprocess", "augment", "physics_noise", "inference",
         "loss.dice_weight", "loss.ce_weight", "loss.eps", "loss.batch_dice",
@@ -1012,7 +1013,7 @@ class SegmentationTask(Task):
             return load_image_mask_folders(cfg.data.dataset, cfg.data.masks,
                                            mask_suffix=cfg.data.mask_suffix,
                                            modality=cfg.data.modality or "PNG")
-        ds = open_dataset(cfg.data.dataset)
+        ds = open_dataset(cfg.data.dataset, allow_outside_root=cfg.data.allow_outside_root)
         if cfg.data.modality:
             ds.modalities = [modality_of_channel(cfg.data.modality)] * len(ds.channel_names)
         return ds

@@ -42,6 +42,8 @@ class DataConfig:
             keeps the size; then all images must share it).
         fold: With ``train.folds = K``: the validation fold of this run (set by the engine
             for each fold member; ``None`` otherwise).
+        allow_outside_root: Accept ``dataset.json`` / label-table paths that are absolute,
+            contain ``..`` or resolve outside the dataset folder (only for tables you trust).
     """
 
     dataset: str = ""
@@ -55,6 +57,7 @@ class DataConfig:
     val_max_cases: int = 0
     image_size: list[int] | None = None
     fold: int | None = None
+    allow_outside_root: bool = False
 
 
 @dataclass

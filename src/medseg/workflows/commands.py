@@ -126,7 +126,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         dataset_json=Path(a.dataset_json) if a.dataset_json else None,
         ref_suffix=a.ref_suffix, images=Path(a.images) if a.images else None, split=a.split,
         bootstrap=a.bootstrap, mask_threshold=a.mask_threshold,
-        nsd_tolerance=a.nsd_tolerance, surface=a.surface), log=print)
+        nsd_tolerance=a.nsd_tolerance, surface=a.surface,
+        allow_outside_root=a.allow_outside_root), log=print)
     print("written: " + ", ".join(str(f) for f in ev["files"]))
     return 0
 

@@ -75,10 +75,18 @@ def run_demo(s: DemoSettings, log: Callable[[str], None] = print) -> dict:
 
     Raises:
         InputError: the output folder exists and was not written by the demo (never
-            overwritten), or exists and ``force`` is not set.
+            overwritten), or exists and ``force`` is not set; the output path is a file or a
+            symbolic link.
     """
     t0 = time.perf_counter()
     out = Path(s.out)
+    if out.is_symlink():
+        raise InputError("the output folder is a symbolic link (the demo writes and --force "
+                         "deletes only in a real folder)", out,
+                         "give the folder the link points to, or another --output")
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path is not a folder", out,
+                         "give a new or empty folder as --output")
     if out.exists() and any(out.iterdir()):
         if not (out / _MARKER).exists():
             raise InputError("the output folder exists and was not written by medseg demo", out,
