@@ -49,10 +49,32 @@ def test_decoder_only_equals_full_mc_without_encoder_dropout(name: str, spatial_
     full = mc_dropout_predict(net, x, n_samples=4, generator_seed=7)
     one_by_one = mc_dropout_decoder_predict(net, x, 4, generator_seed=7, batch_samples=False)
     batched = mc_dropout_decoder_predict(net, x, 4, generator_seed=7, batch_samples=True)
-    assert full.shape == batched.shape == (4, 2, 3, *x.shape[2:])
+    groups = mc_dropout_decoder_predict(net, x, 4, generator_seed=7, batch_samples=3)  # 3 + 1
+    assert full.shape == batched.shape == groups.shape == (4, 2, 3, *x.shape[2:])
     assert torch.equal(one_by_one, full)  # same masks, same encoder features: exact
     torch.testing.assert_close(batched, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(groups, full, rtol=0, atol=1e-6)
     assert not torch.allclose(batched[0], batched[1])  # the masks differ between samples
+
+
+def test_cli_samplers_mc_and_mc_decoder_draw_the_same_masks() -> None:
+    """``medseg predict --uncertainty mc`` and ``mc_decoder`` at one seed give one set of
+    samples when the encoder has no dropout (the seed + t stream rule of both)."""
+    from medseg.uncertainty.samplers import decoder_group, sample_probs
+
+    for d in (2, 3):
+        net = _net("unet", d).eval()
+        x = _x(d)
+        mc, _ = sample_probs([net], x, "mc", n_samples=5, seed=11)
+        dec, _ = sample_probs([net], x, "mc_decoder", n_samples=5, seed=11)
+        torch.testing.assert_close(dec, mc, rtol=0, atol=1e-6)
+        torch.testing.assert_close(mc, mc_dropout_predict(net, x, 5, generator_seed=11),
+                                   rtol=0, atol=0)
+    # the decoder batch is bounded: 4 maps of the first level's width per sample
+    net = _net("unet", 3, channels=(16, 32))
+    big = torch.zeros(1, 1, 64, 64, 64)
+    assert decoder_group(net, big, 10) == 512 * 2**20 // (4 * 64**3 * 16 * 4)  # 8
+    assert decoder_group(net, big[..., :16], 10) == 10
 
 
 def test_unet_bottleneck_and_pruned_unetpp_are_sampled_too() -> None:

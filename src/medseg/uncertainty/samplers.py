@@ -108,17 +108,23 @@ def sample_probs(
         torch.manual_seed(seed)
         model = models[0]
         if method == "mc":
-            # one pass per sample: on a CPU a T-times larger batch is slower than T passes
-            # (memory-bound convolutions); the masks come from one seeded stream either way
+            # one pass per sample (on a CPU a T-times larger batch through the whole network
+            # is slower than T passes); sample t draws its masks from the stream seeded
+            # seed + t, the rule of mc_dropout_predict and of "mc_decoder", so the two methods
+            # give the same samples when the encoder has no dropout
             with mc_dropout(model):
-                for _ in range(n_samples):
-                    outs.append(_activate(*_split(model(x)), activation, noise_samples))
+                for t in range(n_samples):
+                    torch.manual_seed(seed + t)
+                    out = model(x)
+                    torch.manual_seed(seed + n_samples + t)  # the logit noise's own stream
+                    outs.append(_activate(*_split(out), activation, noise_samples))
         elif method == "mc_decoder":
             from medseg.uncertainty.sampling import mc_dropout_decoder_predict
 
             logits = mc_dropout_decoder_predict(model, x, n_samples, generator_seed=seed,
                                                 activation=None,
-                                                batch_samples=x.device.type != "cpu")
+                                                batch_samples=decoder_group(model, x,
+                                                                            n_samples))
             outs = [_activate(lg, None, activation, noise_samples) for lg in logits]
         elif method == "ensemble":
             outs = [_activate(*_split(m(x)), activation, noise_samples) for m in models]
@@ -136,6 +142,25 @@ def sample_probs(
     probs = torch.stack([p for p, _ in outs])
     var = None if outs[0][1] is None else torch.stack([v for _, v in outs])  # type: ignore[misc]
     return probs, var
+
+
+#: Memory of the encoder features tiled for one batched decoder call (decoder-only MC).
+DECODER_BATCH_BYTES = 512 * 2**20
+
+
+def decoder_group(model: nn.Module, x: torch.Tensor, n_samples: int) -> int:
+    """Samples per decoder call of decoder-only MC: all ``T`` at once (measured faster than one
+    by one on CPU and GPU) unless one call would hold more than :data:`DECODER_BATCH_BYTES`.
+
+    A sample's memory is estimated as 4 full-resolution maps of the first level's width
+    (``model.channels[0]``, 32 if the network does not say): its skip features plus the
+    decoder's concatenation and output at full resolution; the deeper levels of a U-Net add
+    less than one more such map, since each halves every axis and at most doubles the width.
+    """
+    channels = getattr(model, "channels", None) or [32]
+    voxels = x[0, 0].numel()
+    per_sample = 4 * voxels * int(channels[0]) * x.element_size() * x.shape[0]
+    return max(1, min(n_samples, DECODER_BATCH_BYTES // max(per_sample, 1)))
 
 
 def n_samples_of(method: str, n_samples: int, n_members: int, spatial_dims: int) -> int:
