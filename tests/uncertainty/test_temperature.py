@@ -194,3 +194,69 @@ def test_apply_temperature_and_bad_input():
         fit_temperature(z, y, bounds=(1.0, 0.5))
     with pytest.raises(ValueError, match="floating"):
         fit_temperature(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+# ------------------------------------------------------------------ ensembles (one shared T)
+def test_ensemble_nll_by_hand_and_one_member_is_the_single_model_problem():
+    from medseg.uncertainty.calibration import ensemble_nll, fit_ensemble_temperature
+
+    z = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]], dtype=torch.float64)  # K=2, M=1, C=2
+    y = torch.tensor([0])
+    p0 = 0.5 * (1 / (1 + math.exp(-1.0)) + 1 / (1 + math.exp(0.5)))  # T = 2
+    assert ensemble_nll(z, y, 2.0) == pytest.approx(-math.log(p0), rel=1e-12)
+    zs = torch.tensor([[0.5, -1.0]], dtype=torch.float64)  # sigmoid, K=1, M=2
+    ys = torch.tensor([1.0, 0.0])
+    want = -(math.log(1 / (1 + math.exp(-0.25))) + math.log(1 - 1 / (1 + math.exp(0.5)))) / 2
+    assert ensemble_nll(zs, ys, 2.0, kind="sigmoid") == pytest.approx(want, rel=1e-12)
+    g = torch.Generator().manual_seed(4)
+    logits = 3.0 * torch.randn(2000, 4, generator=g, dtype=torch.float64)
+    targets = torch.multinomial(torch.softmax(logits / 1.7, 1), 1, generator=g)[:, 0]
+    assert fit_ensemble_temperature(logits[None], targets) == pytest.approx(
+        fit_temperature(logits, targets), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_ensemble_temperature_recovers_a_known_temperature(kind):
+    """Labels drawn from the mean of the members' tempered probabilities at T* = 0.6: the
+    shared fit finds T*, and fitting one member or the mean of the logits does not."""
+    from medseg.uncertainty.calibration import ensemble_nll, fit_ensemble_temperature
+
+    g = torch.Generator().manual_seed(0)
+    m, k, t_star = 60_000, 5, 0.6
+    base = 2.0 * torch.randn(m, 3, generator=g, dtype=torch.float64)
+    members = base[None] + 1.5 * torch.randn(k, m, 3, generator=g, dtype=torch.float64)
+    if kind == "softmax":
+        p = torch.softmax(members / t_star, -1).mean(0)
+        y = torch.multinomial(p, 1, generator=g)[:, 0]
+    else:
+        members = members[..., 0]
+        p = torch.sigmoid(members / t_star).mean(0)
+        y = torch.bernoulli(p, generator=g)
+    t = fit_ensemble_temperature(members, y, kind=kind)
+    assert t == pytest.approx(t_star, rel=0.03)
+    one = fit_temperature(members[0], y, kind=kind)
+    mean_logits = fit_temperature(members.mean(0), y, kind=kind)
+    nll = ensemble_nll(members, y, t, kind)
+    assert nll < ensemble_nll(members, y, one, kind) - 1e-4
+    assert nll < ensemble_nll(members, y, mean_logits, kind) - 1e-4
+    assert abs(one - t_star) > 0.05 and abs(mean_logits - t_star) > 0.05
+
+
+def test_calibrate_an_ensemble_set_reports_the_shared_fit():
+    from medseg.training.calibration import CalibrationSet, calibrate
+    from medseg.uncertainty.calibration import ensemble_nll
+
+    g = torch.Generator().manual_seed(1)
+    members = 4.0 * torch.randn(3, 5000, 3, generator=g, dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(members / 2.5, -1).mean(0), 1, generator=g)[:, 0]
+    cs = CalibrationSet.from_members(members, y, "softmax", "synthetic", 5000)
+    doc = calibrate(cs)
+    assert doc["level"].startswith("ensemble of 3 members")
+    assert doc["temperature"] == pytest.approx(2.5, rel=0.08)
+    assert doc["nll_after"] == pytest.approx(ensemble_nll(members, y, doc["temperature"]))
+    assert doc["ece_after"]["width"] < doc["ece_before"]["width"]
+    # the averaged prediction is what cs.logits holds (log of the mean probabilities)
+    torch.testing.assert_close(torch.softmax(cs.logits, 1),
+                               torch.softmax(members, -1).mean(0), rtol=0, atol=1e-12)
+    single = CalibrationSet.from_members(members[:1], y, "softmax", "one", 5000)
+    assert single.member_logits is None and calibrate(single)["level"] == "one model"

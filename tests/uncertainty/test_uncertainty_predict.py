@@ -161,12 +161,25 @@ def test_ensemble_folder_members_and_identical_members(seg, tmp_path, capsys):
     w0 = torch.load(ens / "member_0" / "checkpoint_last.pt", weights_only=True)["model"]
     w1 = torch.load(ens / "member_1" / "checkpoint_last.pt", weights_only=True)["model"]
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # different seeds
-    # each member keeps the temperature of its own validation split; a folder-level one wins
+    # each member fitted its own temperature; the complete ensemble fits one shared T on the
+    # members' averaged prediction of their shared validation split, and it wins at prediction
     from medseg.model_folder import ModelFolder
+    from medseg.tasks import get_task
+    from medseg.uncertainty.calibration import ensemble_nll
 
     temps = [json.loads((ens / f"member_{k}" / "calibration.json").read_text())["temperature"]
              for k in range(2)]
-    assert ModelFolder.open(ens).temperatures() == temps
+    doc = json.loads((ens / "calibration.json").read_text())
+    assert doc["level"].startswith("ensemble of 2 members")
+    folder = ModelFolder.open(ens)
+    assert folder.temperatures() == [doc["temperature"]] * 2
+    cs = get_task("segmentation").calibration_set_from(
+        folder, ds, None, "Tr", "cpu", lambda _: None, ids=folder.members[0].plan.val_ids)
+    assert cs.member_logits.shape[0] == 2 and cs.n_cases == doc["n_cases"]
+    best = ensemble_nll(cs.member_logits, cs.targets, doc["temperature"])
+    assert best == pytest.approx(doc["nll_after"], rel=1e-9)
+    for t in [1.0, *temps, doc["temperature"] * 1.05, doc["temperature"] / 1.05]:
+        assert best <= ensemble_nll(cs.member_logits, cs.targets, t) + 1e-12
     out = tmp_path / "p"
     assert main(["predict", "--model", str(ens), "--input", str(ds / "imagesTs"),
                  "--output", str(out), "--uncertainty", "ensemble", "--device", "cpu"]) == 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -355,9 +355,11 @@ class Task(ABC):
         """Score predictions against references; returns ``{"files": [...], ...}``."""
 
     def calibration_set_from(self, folder: Any, data: Path, labels: Path | None,
-                             split: str | None, device: str, log: Log) -> Any:
-        """Labelled data other than the validation split as a
-        :class:`~medseg.training.calibration.CalibrationSet` (``medseg calibrate``).
+                             split: str | None, device: str, log: Log,
+                             ids: Sequence[str] | None = None) -> Any:
+        """Labelled data as a :class:`~medseg.training.calibration.CalibrationSet`
+        (``medseg calibrate``; the end of ``train --ensemble`` with ``ids`` the members' shared
+        validation cases). An ensemble folder gives every member's logits of the same elements.
 
         Raises:
             InputError: the task has no probabilities to calibrate.

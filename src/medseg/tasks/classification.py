@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -681,20 +681,31 @@ class ClassificationTask(Task):
                                              log=log)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
-                             split: str | None, device: str, log: Log) -> CalibrationSet:
-        """A label table (CSV / npz; ``split`` picks its rows) with the model's logits."""
-        ids, imgs, ds = _inputs(data, split)
+                             split: str | None, device: str, log: Log,
+                             ids: Sequence[str] | None = None) -> CalibrationSet:
+        """A label table (CSV / npz; ``split`` picks its rows, ``ids`` its cases) with the
+        model's logits (every member's, for an ensemble)."""
+        ids_all, imgs, ds = _inputs(data, split)
         if ds is None:
             raise InputError("calibration needs labels: a label table or .npz, not a folder "
                              "of images", data, "give the table with the labels")
+        if ids is not None:
+            keep = set(ids)
+            rows = [k for k, i in enumerate(ids_all) if i in keep]
+            ds = ds.subset(indices=rows)
+            ids_all, imgs = ds.ids, load_images(ds)
+        ids = ids_all
         plan = folder.plan
         models, dev = folder.load_networks("best", device)
         x = preprocess_cls_images(list(imgs), plan["image_size"], ids)
-        logits = torch.stack([classifier_logits(m, x, dev) for m in models]).mean(0)
         kind = "softmax" if plan["label_task"] == "single" else "sigmoid"
-        z, y = observed_elements(logits, torch.from_numpy(ds.labels()), kind=kind)
-        return CalibrationSet(z, y, kind, f"{data}" + (f" split {split}" if split else "") +
-                              f" ({len(ids)} image(s))", len(ids))
+        labels = torch.from_numpy(ds.labels())
+        parts = [observed_elements(classifier_logits(m, x, dev), labels, kind=kind)
+                 for m in models]  # an ensemble: every member's logits of the same elements
+        return CalibrationSet.from_members(
+            torch.stack([z for z, _ in parts]), parts[0][1], kind,
+            f"{data}" + (f" split {split}" if split else "") + f" ({len(ids)} image(s))",
+            len(ids))
 
     def recognises(self, pred: Path) -> bool:
         return pred.suffix.lower() == ".csv" or (pred / "predictions.csv").is_file()

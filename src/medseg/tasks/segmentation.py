@@ -21,7 +21,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1098,33 +1098,46 @@ class SegmentationTask(Task):
                                 connectivity=request.surface)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
-                             split: str | None, device: str, log: Log) -> CalibrationSet:
+                             split: str | None, device: str, log: Log,
+                             ids: Sequence[str] | None = None) -> CalibrationSet:
         """Images and label maps: an MSD folder (``imagesTs``/``labelsTs``, or ``Tr`` with
-        ``split="Tr"``), or ``data`` images with ``labels`` label maps matched by name."""
+        ``split="Tr"``), or ``data`` images with ``labels`` label maps matched by name; only
+        the cases named in ``ids`` when given."""
         if labels is None:
             sp = split or ("Ts" if (data / "imagesTs").is_dir() else "Tr")
             data, labels = data / f"images{sp}", data / f"labels{sp}"
         model = SegmentationModel.load(folder, device=device)
-        model.temperatures = [1.0] * len(model.models)
+        # an ensemble: each member's probabilities (untempered) of the same voxels
+        members = [replace(model, models=[m], temperatures=[1.0])
+                   for m in model.models]
         refs = {output_label(f): f for f in label_files(labels, "label")}
         ignore = folder.plan.get("ignore_label")
-        parts = []
-        for i, (name, src) in enumerate(collect_inputs(data, model.plan.in_channels)):
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in members]
+        cases = collect_inputs(data, model.plan.in_channels)
+        if ids is not None:
+            keep = set(ids)
+            cases = [(name, src) for name, src in cases if name in keep]
+        for i, (name, src) in enumerate(cases):
             if name not in refs:
                 raise InputError(f"no label map for {name!r}", labels,
                                  "give the label maps of the same cases")
             image, meta = read_image(src if not isinstance(src, list) else list(src))
-            probs = model.predict(image, meta).probs
             lab, _ = read_label(refs[name])
-            target = torch.from_numpy(np.asarray(lab, dtype=np.int64).reshape(
-                probs.shape[1:]))[None]
-            mask = None if ignore is None else target != ignore
-            parts.append(observed_elements(log_probs_as_logits(probs)[None], target, mask,
-                                           max_elements=200_000, seed=i))
+            for k, member in enumerate(members):
+                probs = member.predict(image, meta).probs
+                target = torch.from_numpy(np.asarray(lab, dtype=np.int64).reshape(
+                    probs.shape[1:]))[None]
+                mask = None if ignore is None else target != ignore
+                # the same seed: every member's subsample holds the same voxels
+                parts[k].append(observed_elements(log_probs_as_logits(probs)[None], target,
+                                                  mask, max_elements=200_000, seed=i))
             log(f"  [{i + 1}] {name}")
-        if not parts:
+        if not parts[0]:
             raise InputError("no images to calibrate on", data, "give labelled images")
-        return CalibrationSet.concat(parts, "softmax", f"{data} ({len(parts)} case(s))")
+        return CalibrationSet.from_members(
+            torch.stack([torch.cat([z for z, _ in p]) for p in parts]),
+            torch.cat([y for _, y in parts[0]]), "softmax",
+            f"{data} ({len(parts[0])} case(s))", len(parts[0]))
 
     def conformal_volumes(self, folder: ModelFolder, data: Path, labels: Path | None,
                           split: str | None, device: str, method: str, n_samples: int,

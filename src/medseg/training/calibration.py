@@ -27,7 +27,12 @@ import torch
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_write_text
 from medseg.metrics.calibration import bins_json, expected_calibration_error, reliability_bins
-from medseg.uncertainty.calibration import fit_temperature, temperature_nll
+from medseg.uncertainty.calibration import (
+    ensemble_nll,
+    fit_ensemble_temperature,
+    fit_temperature,
+    temperature_nll,
+)
 
 CALIBRATION_NAME = "calibration.json"
 CALIBRATION_FORMAT = "medseg-calibration/1"
@@ -43,6 +48,11 @@ class CalibrationSet:
         kind: ``"softmax"`` or ``"sigmoid"``.
         source: What the elements are (e.g. ``"validation split, 12 cases"``).
         n_cases: Cases (images / volumes) they come from.
+        member_logits: An ensemble's members' logits of the same elements, softmax
+            ``(K, M, C)``, sigmoid ``(K, M)`` (``None`` for one model); then ``logits`` is the
+            members' averaged prediction as logits, and the fit is one temperature shared by
+            the members (:func:`~medseg.uncertainty.calibration.fit_ensemble_temperature`),
+            the way prediction applies it: each member tempered, then averaged.
     """
 
     logits: torch.Tensor
@@ -50,6 +60,16 @@ class CalibrationSet:
     kind: str
     source: str
     n_cases: int
+    member_logits: torch.Tensor | None = None
+
+    @classmethod
+    def from_members(cls, member_logits: torch.Tensor, targets: torch.Tensor, kind: str,
+                     source: str, n_cases: int) -> CalibrationSet:
+        """An ensemble's calibration set from its members' logits (``(K, M, C)`` / ``(K, M)``)."""
+        act = torch.softmax(member_logits.double(), -1) if kind == "softmax" else \
+            torch.sigmoid(member_logits.double())
+        return cls(log_probs_as_logits(act.mean(0), kind), targets, kind, source, n_cases,
+                   member_logits.double() if member_logits.shape[0] > 1 else None)
 
     @classmethod
     def concat(cls, parts: list[tuple[torch.Tensor, torch.Tensor]], kind: str, source: str
@@ -105,7 +125,17 @@ def calibrate(cs: CalibrationSet, n_bins: int = 15) -> dict[str, Any]:
     if cs.targets.numel() == 0:
         raise InputError("no observed element to calibrate on",
                          hint="give labelled data with observed labels")
-    t = fit_temperature(cs.logits, cs.targets, kind=cs.kind)
+    members = cs.member_logits
+    if members is None:
+        t = fit_temperature(cs.logits, cs.targets, kind=cs.kind)
+
+        def nll(temp: float) -> float:
+            return temperature_nll(cs.logits, cs.targets, temp, kind=cs.kind)
+    else:
+        t = fit_ensemble_temperature(members, cs.targets, kind=cs.kind)
+
+        def nll(temp: float) -> float:
+            return ensemble_nll(members, cs.targets, temp, kind=cs.kind)
     n = int(cs.targets.numel())
     bins = {"width": n_bins, "mass": max(1, min(n_bins, n // 10))}
     return {
@@ -116,8 +146,10 @@ def calibrate(cs: CalibrationSet, n_bins: int = 15) -> dict[str, Any]:
         "ece_after": {b: _ece(cs, t, b, k) for b, k in bins.items()},
         "reliability_before": bins_json(reliability_bins(*_confidence(cs, 1.0), n_bins)),
         "reliability_after": bins_json(reliability_bins(*_confidence(cs, t), n_bins)),
-        "nll_before": temperature_nll(cs.logits, cs.targets, 1.0, kind=cs.kind),
-        "nll_after": temperature_nll(cs.logits, cs.targets, t, kind=cs.kind),
+        "nll_before": nll(1.0), "nll_after": nll(t),
+        "level": ("one model" if members is None else
+                  f"ensemble of {members.shape[0]} members: one temperature shared by the "
+                  "members, fitted on their averaged prediction"),
     }
 
 

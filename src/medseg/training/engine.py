@@ -336,6 +336,8 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
             say(f"out-of-fold estimate over {n} folds: {report}")
         write_plan(plan, out)
         say(f"{'cross-validation' if folds else 'ensemble'} of {n} written to {out}")
+        if not folds and cfg.train.calibrate and first.plan.val_ids:
+            _calibrate_ensemble(cfg, out, first.plan.val_ids, say)
     else:
         say(f"{len(done)}/{n} members complete; train the others with --member K")
     task_name = cfg.task
@@ -344,6 +346,38 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
     task = get_task(task_name)
     best = float(np.mean(results)) if results else math.nan
     return TrainResult(out, cfg.train.epochs, best, task.key_metric, task.metric_label)
+
+
+def _calibrate_ensemble(cfg: ExperimentConfig, out: Path, val_ids: list[str],
+                        say: Callable[[str], None]) -> None:
+    """One temperature for a seeds ensemble, shared by its members and fitted on their averaged
+    prediction of the validation split they share (``calibration.json`` of the ensemble
+    folder; it replaces the members' own temperatures at prediction).
+
+    Data a task cannot re-read as a labelled table here (an images + masks folder pair, a
+    task without class probabilities) keep the members' own temperatures, said in the log.
+    """
+    from medseg.model_folder import ModelFolder
+    from medseg.tasks import get_task
+    from medseg.training.calibration import calibrate, describe, write_calibration
+
+    if cfg.data.masks:
+        say("  ensemble calibration: members keep their own temperatures (images + masks "
+            "folders); run medseg calibrate --model on labelled data for one shared T")
+        return
+    data = Path(cfg.data.dataset)
+    try:
+        cs = get_task(cfg.task).calibration_set_from(
+            ModelFolder.open(out), data, None, "Tr" if (data / "imagesTr").is_dir() else None,
+            cfg.train.device, lambda _: None, ids=val_ids)
+    except InputError as e:
+        say(f"  ensemble calibration: members keep their own temperatures ({e})")
+        return
+    if cs.targets.numel() == 0:
+        return
+    doc = calibrate(cs)
+    write_calibration(out, doc, overwrite=True)
+    say(f"  ensemble calibration: {describe(doc)}")
 
 
 def _complete(folder: Path) -> bool:
