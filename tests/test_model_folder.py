@@ -195,3 +195,22 @@ def test_a_plan_asking_for_a_huge_network_is_refused_before_allocating(tmp_path)
     assert e.value.path.name == "plan.json"
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200  # the ~500 GB network was never allocated
+
+
+def test_member_names_the_os_cannot_hold_or_links_out_are_one_line_errors(tmp_path):
+    """A too-long member name is a missing member (no OSError escapes, found by the fuzz
+    campaign); a member that is a link to a model elsewhere is refused."""
+    m = tmp_path / "ens"
+    shutil.copytree(LEGACY / "segmentation" / "model", m)
+    plan = json.loads((m / "plan.json").read_text())
+    plan["members"] = ["x" * 300]
+    (m / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(InputError, match=r"the ensemble member 'x{300}' is missing"):
+        ModelFolder.open(m)
+    other = tmp_path / "other"
+    shutil.copytree(LEGACY / "segmentation" / "model", other)
+    (m / "member_0").symlink_to(other, target_is_directory=True)
+    plan["members"] = ["member_0"]
+    (m / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(InputError, match=r"members\[0\] 'member_0' is a link leading out"):
+        ModelFolder.open(m)

@@ -240,15 +240,16 @@ class ModelFolder:
         members = []
         for k, name in enumerate(plan.members):
             sub = folder / name
+            try:
+                link = sub.is_symlink()
+                present = (sub / PLAN_NAME).is_file()
+            except OSError:  # e.g. a name too long for the file system
+                link = present = False
             # a member is a sub-folder, not a symbolic link to another model elsewhere
-            if sub.is_symlink() or not path_inside(sub, folder):
+            if link or (present and not path_inside(sub, folder)):
                 raise InputError(f"plan.json members[{k}] {name!r} is a link leading out of the "
                                  "model folder", plan_path,
                                  "copy the member's folder into the model folder")
-            try:
-                present = (sub / PLAN_NAME).is_file()
-            except OSError:  # e.g. a name too long for the file system
-                present = False
             if not present:
                 raise InputError(f"the ensemble member {name!r} is missing", sub,
                                  f"train it (medseg train --resume --output {sub}) or remove it "
