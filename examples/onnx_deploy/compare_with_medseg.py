@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = sorted(images.glob("*.nii.gz"))
 
     t = time.perf_counter()
+    # the exported network computes in float32: compare with medseg predicting in float32 (a
+    # model trained with precision auto predicts in bf16 on a CPU with native bf16)
     subprocess.run([*medseg, "predict", "--model", a.model, "--input", str(images), "--output",
-                    str(work / "medseg"), "--device", "cpu"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+                    str(work / "medseg"), "--device", "cpu", "--precision", "fp32"], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
     medseg_process = time.perf_counter() - t
     (work / "onnx").mkdir()
     t = time.perf_counter()
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     ex = _example()
     model = SegmentationModel.load(a.model, device="cpu")
+    model.precision = "fp32"
     net = ex.OnnxNetwork(onnx_file, ex.load_info(onnx_file), a.threads)
     print(f"{'case':<16}{'shape':<16}{'differing':>10}{'medseg s':>10}{'onnx s':>10}")
     rows = []

@@ -8,6 +8,7 @@ is always dynamic). A variance-head network exports both outputs by name.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -67,7 +68,19 @@ def test_onnxruntime_equals_eager(name: str, dims: int, tmp_path) -> None:
         f = onnx_session(f)
         for batch in (1, 2):
             x = torch.randn(batch, 1, *size, generator=g)
-            assert _max_diff(f, n, x) <= TOL, (size, batch)
+            diff = _max_diff(f, n, x)
+            _record(name, dims, size, batch, dynamic, diff)
+            assert diff <= TOL, (size, batch)
+
+
+def _record(name: str, dims: int, size: tuple[int, ...], batch: int, dynamic: bool,
+            diff: float) -> None:
+    """With ``MEDSEG_ONNX_TABLE=FILE``: one Markdown row per comparison (the issue's table)."""
+    table = os.environ.get("MEDSEG_ONNX_TABLE")
+    if table:
+        with open(table, "a", encoding="utf-8") as f:
+            f.write(f"| {name} | {dims}D | {'x'.join(map(str, size))} | {batch} | "
+                    f"{'dynamic' if dynamic else 'fixed'} | {diff:.2e} |\n")
 
 
 def test_variance_head_exports_both_outputs_by_name(tmp_path) -> None:

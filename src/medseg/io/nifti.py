@@ -208,14 +208,33 @@ def read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     return np.ascontiguousarray(arr), meta
 
 
+def _xform_codes(meta: ImageMeta) -> tuple[int, int]:
+    """``(sform_code, qform_code)`` to write: the input NIfTI's codes, else 1 (scanner).
+
+    Codes read from a NIfTI input (``meta.extra``) are kept, so a label map of an image whose
+    sform is "aligned" (2) or "template" (4) is labelled the same way and viewers (3D Slicer,
+    ITK-SNAP) put both in the same space; 0 ("unknown") is kept too.
+    """
+    codes = []
+    for key in ("sform_code", "qform_code"):
+        v = meta.extra.get(key)
+        codes.append(int(v) if isinstance(v, int | np.integer) and 0 <= int(v) <= 4 else None)
+    if None in codes:
+        return 1, 1
+    return codes[0], codes[1]
+
+
 def write_nifti(tmp: Path, data: np.ndarray, meta: ImageMeta) -> None:
     """Write ``data`` ``(C, *spatial)`` (already in its on-disk dtype) to ``tmp``.
 
     Single-channel data is stored as ``(*spatial)``; several channels as ``(*spatial, C)`` (4D for
     3D images, ``(X, Y, 1, C)`` for 2D ones, which read back as 3D with one slice). The meta's
-    affine is stored as both sform and qform with code 1 (scanner-aligned), units mm. A sheared
-    affine (e.g. a gantry-tilted CT) is exact only in the sform, which readers use first; the
-    quaternion qform can hold rotations and zooms only and keeps the nearest of those.
+    affine is stored as both sform and qform, units mm (``xyzt_units`` 2; ``pixdim`` holds the
+    voxel sizes of the affine), with the codes of the NIfTI the image was read from (e.g. sform
+    2 "aligned", qform 1 "scanner"; 0 kept while the kept header still gives this affine),
+    else code 1 (scanner-aligned). A sheared affine (e.g. a gantry-tilted CT) is exact only in
+    the sform, which readers use first; the quaternion qform can hold rotations and zooms only
+    and keeps the nearest of those.
     """
     if data.shape[0] == 1:
         out = data[0]
@@ -226,7 +245,12 @@ def write_nifti(tmp: Path, data: np.ndarray, meta: ImageMeta) -> None:
     img = nib.Nifti1Image(np.ascontiguousarray(out), meta.affine)
     hdr = img.header
     hdr.set_data_dtype(out.dtype)
-    img.set_sform(meta.affine, code=1)
-    img.set_qform(meta.affine, code=1)
+    scode, qcode = _xform_codes(meta)
+    img.set_sform(meta.affine, code=scode)
+    img.set_qform(meta.affine, code=qcode)
+    if not np.allclose(hdr.get_best_affine(), meta.affine, atol=1e-5):
+        # the kept codes leave the grid to a qform that cannot hold this affine (shear) or to
+        # pixdim alone (codes 0/0 on a changed grid): the sform carries it exactly
+        img.set_sform(meta.affine, code=scode or qcode or 1)
     hdr.set_xyzt_units(xyz="mm")
     nib.save(img, str(tmp))

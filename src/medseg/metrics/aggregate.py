@@ -28,7 +28,11 @@ STAT_KEYS = ("mean", "median", "std", "min", "max", "n", "n_nan")
 _UNITS = {"hd95": "mm", "assd": "mm"}
 _FLOAT_KEYS = frozenset(
     {"dice", "iou", "hd95", "assd", "nsd", "volume_pred", "volume_ref",
-     "mean", "median", "std", "min", "max"}
+     "mean", "median", "std", "min", "max",
+     # volume differences and their Bland-Altman summary (medseg.metrics.agreement)
+     "volume_diff", "volume_diff_pct",
+     *[f"{k}{s}" for k in ("bias", "sd", "loa_low", "loa_high", "bias_ci_low", "bias_ci_high")
+       for s in ("", "_pct")]}
 )
 
 
@@ -116,7 +120,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _restore(obj: Any, key: str | None = None) -> Any:
     if isinstance(obj, dict):
-        int_keys = key == "classes"
+        int_keys = key in ("classes", "volume_agreement")
         return {(int(k) if int_keys else k): _restore(v, k) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_restore(v, key) for v in obj]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.metrics.agreement import percent_volume_difference, volume_difference
 from medseg.metrics.policy import DEFAULT_POLICY, EmptyPolicy
 from medseg.metrics.surface import (
     CONNECTIVITIES,
@@ -26,7 +27,8 @@ from medseg.metrics.surface import (
 #: Per-class result keys, in the order of ``metrics.csv`` columns.
 CLASS_RESULT_KEYS = (
     "dice", "iou", "hd95", "assd", "nsd", "tp", "fp", "fn", "n_pred", "n_ref",
-    "volume_pred", "volume_ref", "volume_unit", "pred_empty", "ref_empty",
+    "volume_pred", "volume_ref", "volume_diff", "volume_diff_pct", "volume_unit", "pred_empty",
+    "ref_empty",
 )
 
 
@@ -61,8 +63,10 @@ def evaluate_case(
         maps each class id to a dict with the keys of :data:`CLASS_RESULT_KEYS`: ``dice``,
         ``iou``, ``hd95`` and ``assd`` (mm) as floats (NaN where the policy says undefined),
         ``tp``/``fp``/``fn``/``n_pred``/``n_ref`` voxel counts, ``volume_pred``/``volume_ref``
-        in ``volume_unit`` (``"ml"`` for 3D, ``"mm^2"`` for 2D, ``"mm^n"`` otherwise) and the
-        booleans ``pred_empty``/``ref_empty``.
+        in ``volume_unit`` (``"ml"`` for 3D, ``"mm^2"`` for 2D, ``"mm^n"`` otherwise), their
+        difference ``volume_diff`` (predicted - reference, same unit) and ``volume_diff_pct``
+        (percent of the pair's mean; NaN when both are empty, see
+        :mod:`medseg.metrics.agreement`) and the booleans ``pred_empty``/``ref_empty``.
     """
     pred = np.asarray(pred_labels)
     ref = np.asarray(ref_labels)
@@ -117,7 +121,10 @@ def evaluate_case(
             "dice": float(dice_v), "iou": float(iou_v), "hd95": float(hd_v),
             "assd": float(assd_v), "nsd": float(nsd_v), "tp": tp, "fp": fp, "fn": fn,
             "n_pred": n_p, "n_ref": n_r,
-            "volume_pred": n_p * scale, "volume_ref": n_r * scale, "volume_unit": unit,
+            "volume_pred": n_p * scale, "volume_ref": n_r * scale,
+            "volume_diff": volume_difference(n_p * scale, n_r * scale),
+            "volume_diff_pct": percent_volume_difference(n_p * scale, n_r * scale),
+            "volume_unit": unit,
             "pred_empty": pe, "ref_empty": re,
         }
     return {
