@@ -4,9 +4,10 @@ Class imbalance is a property of the data (T6): a lesion that fills 0.1% of a vo
 uniformly drawn patch only rarely. :class:`PatchSampler` therefore forces part of every batch to
 be centred on a foreground voxel:
 
-* per case and per foreground class, the flat indices of that class's voxels are computed once
-  (at most ``max_fg_voxels`` of them, subsampled deterministically), so drawing a forced centre is
-  O(1);
+* per case and per foreground class, the flat indices of that class's voxels are computed once,
+  the first time the case is forced onto foreground (at most ``max_fg_voxels`` of them, subsampled
+  with a generator seeded by ``(seed, case)``, so the table does not depend on when it is built),
+  so drawing a forced centre is O(1) and starting the sampler reads no label map;
 * in each batch of ``B`` samples the *last* ``n_fg`` are forced (as in nnU-Net), with
   ``n_fg = B * fg_oversample`` rounded stochastically, so that the long-run fraction of forced
   patches is exactly ``fg_oversample`` even for ``B = 1`` (nnU-Net rounds deterministically, which
@@ -19,6 +20,12 @@ be centred on a foreground voxel:
 Cases smaller than the patch are padded: images with each channel's minimum over the case
 (background intensity, not an artificial 0 that after z-scoring means "average tissue"), labels
 with the ignore label if there is one (padding is then excluded from the loss, T5) else 0.
+
+Cases may be in memory or on disk: ``images`` and ``labels`` are any sequences of arrays, e.g.
+:class:`medseg.data.cache.CachedCases`, whose items are memory maps opened on access. The sampler
+keeps no item: it copies each patch out of the array it was handed, so a cached dataset never
+becomes resident as a whole (pass ``pad_values`` then, so the minima are not computed by reading
+every image).
 
 Every draw comes from one ``numpy.random.Generator`` seeded with ``(seed, rank)``: streams are
 deterministic, differ between DDP ranks, and :meth:`PatchSampler.state_dict` captures them so a
@@ -57,6 +64,8 @@ class PatchSampler:
         world_size: Number of DDP processes. Every rank samples from all cases with its own
             stream (equivalent in expectation to sharding the cases, and it never runs dry).
         max_fg_voxels: Cap on stored foreground indices per class and case.
+        pad_values: Per case, ``(C,)`` padding value of each channel; default each channel's
+            minimum over the case (computed here, which reads every image once).
 
     Yields:
         ``(image, label)`` with image ``(B, C, *patch_size)`` float32 and label
@@ -76,6 +85,7 @@ class PatchSampler:
         rank: int = 0,
         world_size: int = 1,
         max_fg_voxels: int = 10_000,
+        pad_values: Sequence[np.ndarray] | None = None,
     ):
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"need as many label maps as images (>0), got {len(images)} images "
@@ -92,36 +102,61 @@ class PatchSampler:
             raise ValueError("batch_size must be >= 1 and fg_oversample in [0, 1]")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must lie in [0, world_size={world_size})")
-        self.images = list(images)
-        self.labels = list(labels)
+        # lists are copied as before; a lazy sequence (CachedCases) is kept as it is
+        self.images = list(images) if isinstance(images, list | tuple) else images
+        self.labels = list(labels) if isinstance(labels, list | tuple) else labels
         self.batch_size = int(batch_size)
         self.fg_oversample = float(fg_oversample)
         self.ignore_label = ignore_label
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.rng = np.random.default_rng([self.seed, self.rank])
-        self.pad_values = [im.reshape(im.shape[0], -1).min(axis=1) for im in self.images]
+        if pad_values is None:
+            pad_values = [np.asarray(im).reshape(im.shape[0], -1).min(axis=1) for im in images]
+        elif len(pad_values) != len(images):
+            raise ValueError(f"need one pad value array per case, got {len(pad_values)} for "
+                             f"{len(images)} cases")
+        self.pad_values = [np.asarray(v, dtype=np.float32) for v in pad_values]
         self.label_pad = 0 if ignore_label is None else int(ignore_label)
-        # foreground index tables: deterministic, identical on every rank
-        table_rng = np.random.default_rng([self.seed, 2**31 - 1])
-        self.fg_indices: list[dict[int, np.ndarray]] = []
-        for lb in self.labels:
-            flat = lb.ravel()
-            if foreground_labels is None:
-                present = np.unique(flat)
-                classes = [int(v) for v in present if v != 0 and v != ignore_label]
-            else:
-                classes = [int(v) for v in foreground_labels]
-            table: dict[int, np.ndarray] = {}
-            for c in classes:
-                idx = np.flatnonzero(flat == c)
-                if idx.size == 0:
-                    continue
-                if idx.size > max_fg_voxels:
-                    idx = np.sort(table_rng.choice(idx, size=max_fg_voxels, replace=False))
-                table[c] = idx
-            self.fg_indices.append(table)
+        self.foreground_labels = (None if foreground_labels is None
+                                  else [int(v) for v in foreground_labels])
+        self.max_fg_voxels = int(max_fg_voxels)
+        # foreground index tables, built on first use; identical on every rank
+        self.fg_indices: list[dict[int, np.ndarray] | None] = [None] * len(images)
         self.batches_drawn = 0
         self.last_cases: list[int] = []
+
+    def foreground_table(self, case: int, label: np.ndarray | None = None
+                         ) -> dict[int, np.ndarray]:
+        """Class -> flat indices of that class's voxels in ``case`` (built once, then kept).
+
+        At most ``max_fg_voxels`` indices per class, a sorted subsample drawn with a generator
+        seeded by ``(seed, 2**31 - 1, case)``; int32 when the case has fewer than 2^31 voxels.
+
+        Args:
+            case: Case index.
+            label: The case's label map if the caller already holds it.
+        """
+        table = self.fg_indices[case]
+        if table is not None:
+            return table
+        flat = np.asarray(self.labels[case] if label is None else label).ravel()
+        if self.foreground_labels is None:
+            present = np.unique(flat)
+            classes = [int(v) for v in present if v != 0 and v != self.ignore_label]
+        else:
+            classes = self.foreground_labels
+        table_rng = np.random.default_rng([self.seed, 2**31 - 1, case])
+        index_type = np.int32 if flat.size < 2**31 else np.int64
+        table = {}
+        for c in classes:
+            idx = np.flatnonzero(flat == c)
+            if idx.size == 0:
+                continue
+            if idx.size > self.max_fg_voxels:
+                idx = np.sort(table_rng.choice(idx, size=self.max_fg_voxels, replace=False))
+            table[c] = idx.astype(index_type)
+        self.fg_indices[case] = table
+        return table
 
     # state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -149,8 +184,9 @@ class PatchSampler:
             return int(self.rng.integers(lo, hi + 1))
         return int(np.clip(centre - p // 2, lo, hi))
 
-    def _crop(self, case: int, starts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        im, lb = self.images[case], self.labels[case]
+    def _crop(self, case: int, starts: Sequence[int], im: np.ndarray, lb: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Copy the patch at ``starts`` out of ``im`` / ``lb`` (padded where it leaves them)."""
         C = im.shape[0]
         out_im = np.empty((C, *self.patch_size), dtype=np.float32)
         out_im[...] = self.pad_values[case].reshape(C, *([1] * len(self.patch_size)))
@@ -167,10 +203,11 @@ class PatchSampler:
     def sample_patch(self, force_fg: bool) -> tuple[np.ndarray, np.ndarray, int]:
         """One patch: ``((C, *patch), (*patch), case index)``."""
         case = int(self.rng.integers(len(self.images)))
-        shape = self.labels[case].shape
+        lb = self.labels[case]
+        shape = lb.shape
         centre: tuple[int, ...] | None = None
-        table = self.fg_indices[case]
-        if force_fg and table:
+        table = self.foreground_table(case, lb) if force_fg else {}
+        if table:
             classes = sorted(table)
             cls = classes[int(self.rng.integers(len(classes)))]
             idx = table[cls]
@@ -180,8 +217,8 @@ class PatchSampler:
             self._start(n, p, None if centre is None else centre[k])
             for k, (n, p) in enumerate(zip(shape, self.patch_size, strict=True))
         ]
-        im, lb = self._crop(case, starts)
-        return im, lb, case
+        im, lb_patch = self._crop(case, starts, self.images[case], lb)
+        return im, lb_patch, case
 
     def sample_batch(self) -> Batch:
         """One batch: image ``(B, C, *patch)`` float32, label ``(B, 1, *patch)`` int64.
@@ -358,8 +395,17 @@ def full_image_batches(
         raise ValueError(f"{len(images)} images but {len(labels)} label maps")
     ids = list(case_ids) if case_ids is not None else [str(i) for i in range(len(images))]
     for i, im in enumerate(images):
-        x = torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32))[None]
+        x = torch.from_numpy(owned_array(im, np.float32))[None]
         y = None
         if labels is not None:
-            y = torch.from_numpy(np.ascontiguousarray(labels[i], dtype=np.int64))[None, None]
+            y = torch.from_numpy(owned_array(labels[i], np.int64))[None, None]
         yield ids[i], x, y
+
+
+def owned_array(a: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+    """``a`` as a writable, C-contiguous array of ``dtype`` (a read-only memory map is copied
+    into memory; an in-memory array of the right kind is returned as it is)."""
+    out = np.asarray(a, dtype=dtype)
+    if not out.flags.writeable or not out.flags.c_contiguous or isinstance(a, np.memmap):
+        out = np.array(out, dtype=dtype, order="C")
+    return out

@@ -1,8 +1,10 @@
 """Whole-image probabilities from a trained model: sliding window + optional flip TTA.
 
-:func:`predict_probs` puts the model in eval mode, runs under ``torch.inference_mode()`` (and
-float16 autocast on CUDA only), predicts windows of ``roi_size`` and stitches them. Each window's
-output is turned into probabilities *before* stitching, so the stitched field is a weighted
+:func:`predict_probs` puts the model in eval mode, runs under ``torch.inference_mode()`` (in
+the ``precision`` asked for: fp32, or bf16 / fp16 autocast, with the logits cast back to float32
+before the activation and the stitching; optionally channels-last and ``torch.compile``,
+:mod:`medseg.inference.precision`), predicts windows of ``roi_size`` and stitches them. Each
+window's output is turned into probabilities *before* stitching, so the stitched field is a weighted
 average of distributions and stays on the simplex; with ``tta=True`` each window's
 probabilities are first averaged over flips (:class:`~medseg.inference.tta.FlipTTA`).
 
@@ -11,31 +13,37 @@ probabilities are first averaged over flips (:class:`~medseg.inference.tta.FlipT
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from medseg.inference.precision import (
+    autocast,
+    maybe_compile,
+    memory_format,
+    to_channels_last,
+)
 from medseg.inference.sliding_window import sliding_window_inference
 from medseg.inference.tta import ACTIVATIONS, FlipTTA, apply_activation
 
 
 class _Logits:
-    """Calls the model and keeps the full-resolution output of a list/tuple output."""
+    """Calls the model (in ``precision``, optionally channels-last) and returns float32 logits;
+    a list/tuple output contributes its full-resolution first entry."""
 
-    def __init__(self, model: nn.Module, autocast: bool):
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], precision: str,
+                 device: torch.device, channels_last: bool = False):
         self.model = model
-        self.autocast = autocast
+        self.precision = precision
+        self.device = device
+        self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        ctx = (
-            torch.autocast(device_type="cuda", dtype=torch.float16)
-            if self.autocast
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        if self.channels_last:
+            x = to_channels_last(x)
+        with autocast(self.precision, self.device):
             out = self.model(x)
         if isinstance(out, list | tuple):
             out = out[0]
@@ -65,6 +73,11 @@ def predict_probs(
     output_device: torch.device | str | None = None,
     progress: bool = False,
     sigma_scale: float | Sequence[float] = 0.125,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    background: torch.Tensor | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Probabilities of a segmentation model over a whole image or volume.
 
@@ -87,12 +100,28 @@ def predict_probs(
         sigma_scale: Standard deviation of the Gaussian window weighting as a fraction of
             ``roi_size`` (one value or one per spatial axis; ``inference.sigma_scale`` of the
             config); unused with ``mode="constant"``.
+        precision: Resolved precision of the network call, ``"fp32"``, ``"bf16"`` or
+            ``"fp16"`` (autocast; resolve ``auto`` with
+            :func:`medseg.training.device.resolve_precision`). Activation and stitching stay
+            float32.
+        channels_last: Run the network in the channels-last(-3d) layout (the weights' layout
+            is restored afterwards).
+        compile: Run the network through ``torch.compile`` (eager with a warning where the
+            compiler fails).
+        background: Optional ``(B, *spatial)`` boolean mask of background voxels
+            (:func:`medseg.inference.background.background_voxels`): a window lying entirely
+            in it is not predicted and counts as background with probability 1 (softmax) or
+            as all labels absent (sigmoid). Needs ``activation != "none"``.
+        stats: If given, receives the window counts ``{"windows", "skipped"}``.
 
     Returns:
         ``(B, C_out, *spatial)`` float32 probabilities on ``output_device``.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if background is not None and activation == "none":
+        raise ValueError("background skipping needs probabilities (softmax or sigmoid), not "
+                         "activation='none'")
     if device is None:
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else image.device
@@ -100,10 +129,22 @@ def predict_probs(
     model.to(device)
     if not image.is_floating_point():
         image = image.float()
-    logits = _Logits(model, autocast=device.type == "cuda")
+    spatial_dims = image.ndim - 2
+    channels_last = channels_last and spatial_dims in (2, 3)
+    converted = channels_last and not _weights_in(model, memory_format(spatial_dims))
+    if converted:
+        model.to(memory_format=memory_format(spatial_dims))
+    net = maybe_compile(model, compile, "prediction")
+    logits = _Logits(net, precision, device, channels_last)
     predictor = (
         FlipTTA(logits, tta_axes, activation) if tta else _Probs(logits, activation)
     )
+    skip_value = None
+    if background is not None:
+        c_out = _num_outputs(model)
+        skip_value = torch.zeros(c_out)
+        if activation == "softmax":
+            skip_value[0] = 1.0
     was_training = model.training
     model.eval()
     try:
@@ -119,9 +160,32 @@ def predict_probs(
                 device=device,
                 output_device=output_device,
                 progress=progress,
+                background=background,
+                skip_value=skip_value,
+                stats=stats,
             )
     finally:
         model.train(was_training)
+        if converted:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _weights_in(model: nn.Module, fmt: torch.memory_format) -> bool:
+    """Whether the first 4D / 5D weight of ``model`` is already in layout ``fmt``."""
+    for p in model.parameters():
+        if p.ndim == (4 if fmt == torch.channels_last else 5):
+            return p.is_contiguous(memory_format=fmt)
+    return True
+
+
+def _num_outputs(model: nn.Module) -> int:
+    """Output channels of a network: its ``num_classes`` or ``out_channels`` attribute."""
+    for name in ("num_classes", "out_channels"):
+        v = getattr(model, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    raise ValueError(f"background skipping needs the number of output channels, but "
+                     f"{type(model).__name__} has no num_classes / out_channels attribute")
 
 
 @dataclass
@@ -141,6 +205,9 @@ class Predictor:
         progress: Print a window counter.
         sigma_scale: Gaussian window weighting's standard deviation as a fraction of
             ``roi_size`` (one value or one per spatial axis).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (resolved) network precision.
+        channels_last: Channels-last layout for the network call.
+        compile: ``torch.compile`` the network (eager fall back).
     """
 
     roi_size: int | tuple[int, ...]
@@ -154,6 +221,9 @@ class Predictor:
     output_device: str | None = None
     progress: bool = False
     sigma_scale: float | tuple[float, ...] = 0.125
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` -> ``(B, C_out, *spatial)`` probabilities."""
@@ -171,4 +241,7 @@ class Predictor:
             output_device=self.output_device,
             progress=self.progress,
             sigma_scale=self.sigma_scale,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            compile=self.compile,
         )

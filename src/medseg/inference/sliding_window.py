@@ -9,10 +9,21 @@ weights:
 
 Window starts are evenly spaced per axis (nnU-Net): the first window starts at 0, the last one
 ends at the border, and consecutive windows overlap by at least ``overlap * roi``.
+
+Less work for the same answer: the importance map and the summed weights ``sum_w g`` depend only
+on the window grid, so they are computed once per (shape, window, overlap, weighting, device)
+and cached (:func:`cached_importance_map`, :func:`cached_weight_sum`); and with ``background``
+a window whose every voxel is background (the rule is the caller's, see
+:func:`medseg.inference.background.background_voxels`) is not run: its prediction is the
+constant ``skip_value`` (for probabilities: 1 for the background class, 0 elsewhere), weighted
+and stitched like any other window, so the result is exact wherever the network would have
+predicted that constant in such a window. The accumulator is float32 (or float64) whatever the
+precision the predictor runs in.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -103,6 +114,57 @@ def gaussian_importance_map(
     return g.clamp_min(min_weight).to(dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def cached_importance_map(
+    roi: tuple[int, ...],
+    mode: str,
+    sigma_scale: float | tuple[float, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The window weighting of one (window, mode, sigma, device, dtype), computed once.
+
+    The returned tensor is shared between calls: never modify it in place.
+
+    Returns:
+        ``(*roi)`` tensor: :func:`gaussian_importance_map` or ones for ``"constant"``.
+    """
+    if mode == "gaussian":
+        return gaussian_importance_map(roi, sigma_scale, device=device, dtype=dtype)
+    return torch.ones(roi, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=2)  # a full-size buffer each: keep few
+def cached_weight_sum(
+    padded: tuple[int, ...],
+    roi: tuple[int, ...],
+    overlap: float,
+    mode: str,
+    sigma_scale: float | tuple[float, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``sum_w g(v - start_w)`` over the windows of a ``padded`` image, computed once per grid.
+
+    The returned tensor is shared between calls: never modify it in place.
+
+    Returns:
+        ``(*padded)`` tensor of summed window weights (every entry ``>= min_weight``).
+    """
+    importance = cached_importance_map(roi, mode, sigma_scale, device, dtype)
+    weight = torch.zeros(padded, dtype=dtype, device=device)
+    starts = [window_starts(n, r, overlap) for n, r in zip(padded, roi, strict=True)]
+    for pos in itertools.product(*starts):
+        weight[tuple(slice(s, s + r) for s, r in zip(pos, roi, strict=True))].add_(importance)
+    return weight
+
+
+def _hashable_sigma(sigma_scale: float | Sequence[float]) -> float | tuple[float, ...]:
+    if isinstance(sigma_scale, int | float):
+        return float(sigma_scale)
+    return tuple(float(v) for v in sigma_scale)
+
+
 def sliding_window_inference(
     image: torch.Tensor,
     predictor: Callable[[torch.Tensor], torch.Tensor],
@@ -115,6 +177,9 @@ def sliding_window_inference(
     output_device: torch.device | str | None = None,
     pad_value: float = 0.0,
     progress: bool = False,
+    background: torch.Tensor | None = None,
+    skip_value: torch.Tensor | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Predict a whole image by stitching window predictions.
 
@@ -135,14 +200,23 @@ def sliding_window_inference(
         pad_value: Value used to pad an image smaller than the window (the padding is cropped
             off the result).
         progress: Print a window counter to stderr.
+        background: Optional ``(B, *spatial)`` boolean mask of background voxels; a window
+            (of one batch item) lying entirely in background is not predicted, its output is
+            ``skip_value``. Padding added for images smaller than the window counts as
+            background.
+        skip_value: ``(C_out,)`` output of a skipped window (required with ``background``),
+            e.g. ``[1, 0, ..., 0]`` for softmax probabilities.
+        stats: If given, receives ``{"windows": total, "skipped": skipped}`` (window-batch-item
+            pairs).
 
     Returns:
         ``(B, C_out, *spatial)`` float tensor (float32, or float64 when the predictor returns
         float64) on ``output_device``.
 
     Raises:
-        ValueError: bad ``roi_size``, ``overlap``, ``mode`` or ``sw_batch_size``, or a predictor
-            output whose batch or spatial size differs from its input.
+        ValueError: bad ``roi_size``, ``overlap``, ``mode`` or ``sw_batch_size``, a predictor
+            output whose batch or spatial size differs from its input, or a ``background``
+            mask of the wrong shape or without ``skip_value``.
     """
     if image.ndim < 3:
         raise ValueError(f"image must be (B, C, *spatial), got shape {tuple(image.shape)}")
@@ -157,6 +231,13 @@ def sliding_window_inference(
     device = image.device if device is None else torch.device(device)
     output_device = image.device if output_device is None else torch.device(output_device)
     batch = image.shape[0]
+    if background is not None:
+        if tuple(background.shape) != (batch, *image.shape[2:]):
+            raise ValueError(f"background must be (B, *spatial) = {(batch, *image.shape[2:])}, "
+                             f"got {tuple(background.shape)}")
+        if skip_value is None or skip_value.ndim != 1:
+            raise ValueError("skip_value (C_out,) is required with background")
+        background = background.to(device="cpu", dtype=torch.bool)
 
     # Pad axes shorter than the window (symmetrically) so that every window has size roi.
     spatial = tuple(image.shape[2:])
@@ -167,6 +248,8 @@ def sliding_window_inference(
         for b, a in zip(reversed(before), reversed(after), strict=True):
             pad += [b, a]
         image = F.pad(image, pad, value=pad_value)
+        if background is not None:
+            background = F.pad(background[:, None].float(), pad, value=1.0)[:, 0].bool()
     padded = tuple(image.shape[2:])
 
     starts = [window_starts(n, r, overlap) for n, r in zip(padded, roi, strict=True)]
@@ -175,14 +258,36 @@ def sliding_window_inference(
         for pos in itertools.product(*starts)
     ]
     jobs = [(b, w) for w in windows for b in range(batch)]
-
-    if mode == "gaussian":
-        importance = gaussian_importance_map(roi, sigma_scale, device=device)
-    else:
-        importance = torch.ones(roi, device=device)
+    skipped: list[tuple[int, tuple[slice, ...]]] = []
+    if background is not None:
+        empty = [bool(background[(b, *w)].all()) for b, w in jobs]
+        skipped = [j for j, e in zip(jobs, empty, strict=True) if e]
+        if stats is not None:
+            stats.update(windows=len(jobs), skipped=len(skipped))
+        jobs = [j for j, e in zip(jobs, empty, strict=True) if not e]
+    elif stats is not None:
+        stats.update(windows=len(jobs), skipped=0)
+    sigma = _hashable_sigma(sigma_scale)
 
     acc: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    importance: torch.Tensor | None = None
+
+    def buffers(c_out: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+        imp = cached_importance_map(roi, mode, sigma, device, dtype)
+        wsum = cached_weight_sum(padded, roi, overlap, mode, sigma, output_device, dtype)
+        return torch.zeros((batch, c_out, *padded), dtype=dtype, device=output_device), wsum, imp
+
+    if skipped:
+        assert skip_value is not None
+        acc, weight, importance = buffers(
+            skip_value.numel(), torch.promote_types(skip_value.dtype, torch.float32))
+        imp_out = importance.to(output_device)
+        fill = skip_value.to(device=output_device, dtype=acc.dtype).reshape(
+            -1, *(1,) * spatial_dims) * imp_out
+        for b, w in skipped:
+            acc[(b, slice(None), *w)].add_(fill)
     n_jobs = len(jobs)
     for first in range(0, n_jobs, sw_batch_size):
         chunk = jobs[first:first + sw_batch_size]
@@ -200,13 +305,12 @@ def sliding_window_inference(
                 f"{got}"
             )
         if acc is None:
-            dtype = torch.promote_types(pred.dtype, torch.float32)
-            importance = importance.to(dtype)
-            acc = torch.zeros((batch, pred.shape[1], *padded), dtype=dtype, device=output_device)
-            weight = torch.zeros(padded, dtype=dtype, device=output_device)
-            imp_out = importance.to(output_device)
-            for w in windows:
-                weight[w].add_(imp_out)
+            acc, weight, importance = buffers(
+                pred.shape[1], torch.promote_types(pred.dtype, torch.float32))
+        elif pred.shape[1] != acc.shape[1]:
+            raise ValueError(f"predictor returned {pred.shape[1]} channels but skip_value has "
+                             f"{acc.shape[1]}")
+        assert importance is not None
         weighted = (pred.to(acc.dtype) * importance).to(output_device)
         for i, (b, w) in enumerate(chunk):
             acc[(b, slice(None), *w)].add_(weighted[i])
@@ -216,7 +320,7 @@ def sliding_window_inference(
     if progress:
         print(file=sys.stderr)
     assert acc is not None and weight is not None  # at least one window always exists
-    acc.div_(weight)
+    acc.div_(weight.to(acc.dtype))
     if any(before) or any(after):
         crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
         acc = acc[(slice(None), slice(None), *crop)].contiguous()

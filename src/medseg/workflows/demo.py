@@ -25,7 +25,7 @@ from medseg.training.engine import train
 
 _MARKER = ".medseg_demo"
 #: Everything the demo writes in its output folder (``--force`` removes these and nothing else).
-DEMO_ITEMS = ("data", "model", "predictions", "evaluation", _MARKER)
+DEMO_ITEMS = ("data", "model", "predictions", "evaluation", ".medseg_cache", _MARKER)
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""How a network is called: reduced-precision autocast, memory layout and compilation.
+
+The training engine and the predictor use the same three switches:
+
+* **precision** ``"fp32" | "bf16" | "fp16"`` (resolved from ``auto`` by
+  :func:`medseg.training.device.resolve_precision`): :func:`autocast` runs the network's
+  convolutions and matrix products in that type; the caller casts the output back to float32
+  before the loss, the softmax, the sliding-window accumulator and the metrics, which therefore
+  stay float32;
+* **channels-last** (:func:`use_channels_last`, :func:`to_channels_last`): NHWC / NDHWC
+  memory layout of the weights and the inputs;
+* **compilation** (:func:`maybe_compile`): ``torch.compile`` with a one-line warning and a fall
+  back to eager execution where the compiler toolchain is missing or fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+#: Resolved precisions and the autocast dtype of each (``None``: no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
+    """Autocast for a resolved precision on ``device`` (a no-op for ``"fp32"``).
+
+    Args:
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (``auto`` must be resolved first).
+        device: Where the network runs; its type picks the autocast backend.
+
+    Raises:
+        ValueError: an unresolved or unknown precision.
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be one of {tuple(AUTOCAST_DTYPES)} (resolve 'auto' "
+                         f"with medseg.training.device.resolve_precision), got {precision!r}")
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+        yield
+
+
+def use_channels_last(setting: bool | str, spatial_dims: int, precision: str) -> bool:
+    """Resolve a ``channels_last`` setting (``True``, ``False`` or ``"auto"``).
+
+    ``auto`` follows what was measured on a 2-thread AVX-512-BF16 CPU
+    (``benchmarks/bench_precision.py``, ``benchmarks/RESULTS.md``): channels-last-3d is on for
+    3D networks (bf16 sliding window 1.45x faster; the 3D training step from 1% slower to 5%
+    faster in bf16 across runs, 6% faster in fp32 in issue 11), and off in 2D, where it made
+    the bf16 training step 20% slower (and the fp32 step 14% slower in issue 11).
+    ``precision`` is accepted so that the rule can depend on it; today it does not.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
+    return spatial_dims == 3
+
+
+def memory_format(spatial_dims: int) -> torch.memory_format:
+    """``torch.channels_last`` (2D) or ``torch.channels_last_3d`` (3D)."""
+    if spatial_dims == 2:
+        return torch.channels_last
+    if spatial_dims == 3:
+        return torch.channels_last_3d
+    raise ValueError(f"channels-last exists for 2D and 3D tensors only, got {spatial_dims}D")
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` in the channels-last layout of its dimensionality (same values)."""
+    return x.contiguous(memory_format=memory_format(x.ndim - 2))
+
+
+def model_to_channels_last(model: nn.Module, spatial_dims: int) -> nn.Module:
+    """Move the 4D / 5D weights of ``model`` to channels-last, in place; returns ``model``."""
+    return model.to(memory_format=memory_format(spatial_dims))
+
+
+class _CompileFallback(nn.Module):
+    """Calls the compiled module; on its first failure warns once and runs eagerly after."""
+
+    def __init__(self, module: nn.Module, compiled: Callable[..., Any], what: str):
+        super().__init__()
+        self.module = module
+        self._compiled: Callable[..., Any] | None = compiled
+        self._what = what
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as e:  # any compiler failure: the eager module still works
+                self._compiled = None
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                warnings.warn(f"torch.compile failed for {self._what} ({type(e).__name__}: "
+                              f"{first}); running eagerly", RuntimeWarning, stacklevel=2)
+        return self.module(*args, **kwargs)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls still go through the compiled graph."""
+        return self._compiled is not None
+
+
+def maybe_compile(model: nn.Module, enabled: bool, what: str = "the network") -> nn.Module:
+    """``torch.compile(model)`` with an eager fall back, or ``model`` itself when disabled.
+
+    The returned module shares ``model``'s parameters (save ``model.state_dict()``, not the
+    wrapper's). Compilation happens at the first call (its warm-up cost); if it fails there
+    (no C compiler, an unsupported op, Windows without Triton...) a one-line
+    ``RuntimeWarning`` is issued and every call runs ``model`` eagerly.
+
+    Args:
+        model: The network.
+        enabled: ``train.compile`` / ``inference.compile``.
+        what: Named in the warning.
+    """
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model)
+    except Exception as e:  # e.g. torch.compile unsupported on this Python
+        warnings.warn(f"torch.compile is unavailable for {what} ({type(e).__name__}: "
+                      f"{str(e)[:160]}); running eagerly", RuntimeWarning, stacklevel=2)
+        return model
+    return _CompileFallback(model, compiled, what)
+
+
+def describe(precision: str, channels_last: bool, compiled: bool) -> str:
+    """One line for the logs, e.g. ``"bf16 autocast, channels-last"``."""
+    parts = ["fp32" if precision == "fp32" else f"{precision} autocast"]
+    if channels_last:
+        parts.append("channels-last")
+    if compiled:
+        parts.append("torch.compile")
+    return ", ".join(parts)
+
