@@ -2,8 +2,10 @@
 
 Steps, in 2D and 3D:
 
-1. seeds: connected components (face connectivity) of ``p_interior > seed_threshold``; seeds
-   smaller than ``min_seed_size`` voxels are dropped (noise would otherwise split objects);
+1. seeds: connected components (face connectivity) of ``p_interior - boundary_weight *
+   p_boundary > seed_threshold`` (a positive ``boundary_weight`` cuts seeds apart where
+   touching objects meet); seeds smaller than ``min_seed_size`` voxels are dropped (noise would
+   otherwise split objects);
 2. foreground: ``p_interior + p_boundary > fg_threshold``;
 3. flood the seeds over the foreground with a watershed on ``-p_interior`` (``flood =
    "probability"``) or on the negated distance transform of the foreground (``"distance"``);
@@ -39,6 +41,8 @@ class PostprocessParams:
         min_size: Instances with fewer voxels after flooding are discarded.
         flood: ``"probability"`` (flood on ``-p_interior``) or ``"distance"`` (on the negated
             Euclidean distance to the background).
+        boundary_weight: Weight ``w >= 0`` of the boundary probability subtracted from the
+            interior probability before seeding (``0``: seeds from ``p_interior`` alone).
     """
 
     seed_threshold: float = 0.5
@@ -46,8 +50,11 @@ class PostprocessParams:
     min_seed_size: int = 4
     min_size: int = 10
     flood: str = "probability"
+    boundary_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.boundary_weight >= 0.0:  # also NaN
+            raise ValueError(f"boundary_weight must be >= 0, got {self.boundary_weight}")
         if not (0.0 <= self.seed_threshold <= 1.0 and 0.0 <= self.fg_threshold <= 1.0):
             raise ValueError("seed_threshold and fg_threshold must lie in [0, 1]")
         if self.min_seed_size < 0 or self.min_size < 0:
@@ -56,7 +63,12 @@ class PostprocessParams:
             raise ValueError(f"flood must be 'probability' or 'distance', got {self.flood!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; ``boundary_weight`` only when it is used (non-zero), so records
+        of runs without it keep their earlier form (``plan.json``, ``*_instances.json``)."""
+        d = asdict(self)
+        if not self.boundary_weight:
+            del d["boundary_weight"]
+        return d
 
 
 def _as_probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -96,7 +108,8 @@ def probs_to_instance_map(probs: np.ndarray | torch.Tensor,
     interior = p[1]
     fg = (p[1] + p[2]) > prm.fg_threshold
     conn = ndi.generate_binary_structure(interior.ndim, 1)
-    seeds, _ = ndi.label((interior > prm.seed_threshold) & fg, structure=conn)
+    seed_map = interior - prm.boundary_weight * p[2] if prm.boundary_weight else interior
+    seeds, _ = ndi.label((seed_map > prm.seed_threshold) & fg, structure=conn)
     seeds = _relabel_by_size(seeds, prm.min_seed_size)
     if seeds.max(initial=0) == 0:
         return np.zeros(interior.shape, dtype=np.int64)

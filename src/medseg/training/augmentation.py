@@ -131,3 +131,73 @@ def make_augmenter(
         return Augmenter(cfg, spatial_dims, seed=seed)
     return Augmenter(cfg, spatial_dims, seed=seed,
                      noise=RawDomainNoise(noise_cfg, norms, affines, cases))
+
+
+class PerImageSpeckle:
+    """Ultrasound speckle for images normalised per image (classification, issue 13).
+
+    Classification images are min-max scaled then z-scored per image
+    (:func:`medseg.tasks.classification.preprocess_cls_images`), so each sample's B-mode grey
+    values are recovered exactly up to their range: ``g = max_grey (x - min x) / (max x - min
+    x)``. :class:`~medseg.transforms.physics_noise.PhysicsNoise` then applies Gamma speckle
+    through the log compression (``physics_noise.p_us``, ``us_looks_range``,
+    ``us_dynamic_range_db``), and the sample is min-max scaled and z-scored again, as the
+    preprocessing does.
+
+    Args:
+        cfg: The physical noise models' probabilities and levels (the ultrasound ones are used).
+
+    Shapes:
+        ``__call__(image (B, C, *spatial), generator) -> (B, C, *spatial)``; a sample the noise
+        did not draw is returned bit for bit.
+    """
+
+    def __init__(self, cfg: PhysicsNoiseConfig):
+        self.noise = PhysicsNoise(dataclasses.replace(cfg, us_domain="bmode"))
+        self.max_grey = float(cfg.us_max_grey)
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        B, C = image.shape[:2]
+        x = image.double()
+        flat = x.reshape(B, -1)
+        shape = (B, *([1] * (image.ndim - 1)))
+        lo, hi = flat.min(1).values.reshape(shape), flat.max(1).values.reshape(shape)
+        raw = (x - lo) / (hi - lo).clamp_min(1e-8) * self.max_grey
+        noisy = self.noise(raw, generator, 1.0, 0.0, ["US"] * C)
+        changed = (noisy != raw).reshape(B, -1).any(1)
+        if not bool(changed.any()):
+            return image
+        f = noisy.reshape(B, -1)
+        a = (f - f.min(1, keepdim=True).values) / (
+            f.max(1, keepdim=True).values - f.min(1, keepdim=True).values).clamp_min(1e-8)
+        z = (a - a.mean(1, keepdim=True)) / a.std(1, correction=0, keepdim=True).clamp_min(1e-8)
+        return torch.where(changed.reshape(shape), z.reshape(image.shape).to(image.dtype), image)
+
+
+def make_image_augmenter(cfg: AugmentConfig, noise_cfg: PhysicsNoiseConfig, spatial_dims: int,
+                         seed: int, modality: str | None) -> Augmenter | None:
+    """The augmenter of a classification run (images normalised per image; ``None`` when
+    disabled).
+
+    ``augment.noise_model`` ``"auto"`` gives ultrasound images speckle
+    (:class:`PerImageSpeckle`) and the others additive Gaussian noise; ``"physics"`` is
+    refused for CT and MR classification images (per-image normalisation loses the HU /
+    magnitude scale their noise models need).
+
+    Raises:
+        ConfigError: ``"physics"`` for a modality other than ultrasound.
+    """
+    if not cfg.enabled:
+        return None
+    us = (modality or "").upper() == "US"
+    model = resolve_noise_model(cfg.noise_model, [modality])
+    if model == "physics" and not us:
+        if cfg.noise_model == "physics":
+            raise ConfigError(f"augment.noise_model physics needs ultrasound images for "
+                              f"classification (images are normalised per image), the data is "
+                              f"{modality or 'of no stated modality'}",
+                              hint="use augment.noise_model: gaussian, or set data.modality: US")
+        model = "gaussian"
+    if model == "gaussian" or not noise_cfg.enabled:
+        return Augmenter(cfg, spatial_dims, seed=seed)
+    return Augmenter(cfg, spatial_dims, seed=seed, noise=PerImageSpeckle(noise_cfg))
