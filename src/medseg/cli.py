@@ -133,10 +133,16 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--input", required=True, help="image file, DICOM folder or folder of images")
     p.add_argument("--output", required=True, help="folder for the predicted label maps")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--format", choices=("auto", "nii.gz", "nrrd", "png"), default="auto",
-                   help="output format (auto: same as the input; NIfTI for DICOM)")
+    p.add_argument("--format", choices=("auto", "nii.gz", "nrrd", "png", "dcmseg"),
+                   default="auto",
+                   help="output format (auto: same as the input; NIfTI for DICOM; dcmseg: a "
+                        "DICOM SEG object <case>.seg.dcm referencing the input DICOM series, "
+                        "one segment per class, segmentation only; needs highdicom)")
     p.add_argument("--tta", action="store_true", help="average over flips")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="network arithmetic (default: the model's inference.precision; auto = "
+                        "bf16 on a CPU/GPU with native bf16, fp16 on older GPUs, else fp32)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write the class probabilities (NIfTI, C channels)")
     p.add_argument("--device", default="auto")
@@ -148,7 +154,8 @@ def _add_predict(sub: Any) -> None:
                         "mc (MC Dropout), mc_decoder (dropout in the decoder only, encoder run "
                         "once), ensemble (an --ensemble model folder's members), tta (flips), "
                         "none (the single prediction: entropy, and the aleatoric term of a "
-                        "variance head)")
+                        "variance head). The maps are float32 NIfTI (<case>_<term>.nii.gz) "
+                        "on the input's grid, whatever --format is")
     p.add_argument("--overwrite", action="store_true",
                    help="allow a non-empty output folder and replace predictions there (never "
                         "the inputs: the output may not hold them)")
@@ -195,6 +202,10 @@ def _add_evaluate(sub: Any) -> None:
     e.add_argument("--allow-outside-root", action="store_true",
                    help="accept label-table / restoration.json paths that are absolute, use "
                         "'..' or lead out of their folder (only for tables you trust)")
+    e.add_argument("--model", default=None,
+                   help="model folder that made the predictions: its model card (training "
+                        "data, configuration, validation results, calibration) joins the "
+                        "report")
 
 
 def _add_data_commands(sub: Any) -> None:
@@ -363,6 +374,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="acquisition score column (default %(default)s)")
     se.add_argument("--split", default=None, help="classification: rows of this split")
     se.add_argument("--device", default="auto")
+    rp = sub.add_parser("report", help="write the model card of a model folder (HTML / Markdown)",
+                        description="The model card alone: training data (dataset, cases, "
+                                    "classes), configuration, intended use and known limits, "
+                                    "validation results (train_log.csv final / best, "
+                                    "oof_metrics.json with its interval, calibration.json ECE "
+                                    "before / after). HTML is one self-contained file.")
+    rp.add_argument("--model", required=True, help="model folder written by medseg train")
+    rp.add_argument("--format", choices=("html", "md"), default=None,
+                    help="html or md (default: from the --output suffix, else html)")
+    rp.add_argument("--output", required=True,
+                    help="file, or folder for model_card.html / model_card.md")
+    rp.add_argument("--force", action="store_true", help="replace an existing file")
     info = sub.add_parser("info", help="describe a trained model folder",
                           description="Check a model folder (plan.json, network) and print "
                                       "its task, network, input, classes and training summary.")

@@ -43,6 +43,7 @@ ENGINE_SETTINGS = frozenset({
     "task", "output_dir", "data.dataset", "model", "optim",
     "train.epochs", "train.steps_per_epoch", "train.batch_size", "train.val_every",
     "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
+    "train.precision", "train.channels_last", "train.compile",
     "train.deterministic", "train.max_bad_steps", "train.ensemble", "train.calibrate",
     "train.folds", "data.fold",
 })
@@ -82,6 +83,8 @@ class PredictRequest:
         samples: ``T`` for MC Dropout.
         seed: Seed of the sampling.
         per_class: Also write the per-class variance maps ``(C, *spatial)``.
+        precision: Network arithmetic of this prediction (``auto``, ``fp32``, ``bf16``,
+            ``fp16``; ``None`` = the model's ``inference.precision``).
     """
 
     input: Path
@@ -98,6 +101,7 @@ class PredictRequest:
     samples: int = 10
     seed: int = 0
     per_class: bool = False
+    precision: str | None = None
 
 
 @dataclass
@@ -120,6 +124,7 @@ class EvaluateRequest:
         surface: Segmentation: surface definition of HD95 / ASSD / NSD, ``full`` or ``face``.
         allow_outside_root: Accept paths in label tables and ``restoration.json`` that are
             absolute, climb out with ``..`` or resolve outside their folder.
+        model: The model folder that made the predictions, for the report's model card.
     """
 
     pred: Path
@@ -136,6 +141,7 @@ class EvaluateRequest:
     nsd_tolerance: float = 1.0
     surface: str = "full"
     allow_outside_root: bool = False
+    model: Path | None = None
 
 
 def check_prediction_output(request: PredictRequest) -> None:

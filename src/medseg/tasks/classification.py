@@ -9,7 +9,11 @@ where a missing label is unobserved: it contributes neither to the loss nor to t
 ``medseg predict`` writes ``predictions.csv`` (``id, p_<class>..., prediction``);
 ``medseg evaluate`` joins it with a label table by id and writes ``metrics.json``,
 ``metrics.csv``, ``roc.png``, ``reliability.png`` and ``report.html`` (accuracy, balanced
-accuracy, AUROC, sensitivity, specificity, F1, confusion matrix, ECE, bootstrap 95% intervals).
+accuracy, AUROC, sensitivity, specificity, F1, confusion matrix, ECE, bootstrap 95% intervals);
+the hard labels are taken at the model's stored threshold (``decision.json``, copied beside the
+predictions by predict) when there is one. Small-data recipes (issue 13): ``data.image_size``
+upsampling, ``train.label_smoothing``, ``train.mixup``, ``train.balanced_sampling``, ultrasound
+speckle augmentation (``data.modality: US``) and test-time flips (``inference.tta``/``--tta``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ from medseg.metrics.classification import (
     write_classification_metrics,
 )
 from medseg.model_folder import ModelFolder, Plan
-from medseg.reports import save_reliability_diagram, save_roc_curve, write_report
+from medseg.reports import (
+    classification_report,
+    model_card,
+    save_reliability_diagram,
+    save_roc_curve,
+    write_report,
+)
 from medseg.tasks import register_task
 from medseg.tasks.base import (
     CLASS_WEIGHTING_SETTINGS,
@@ -54,9 +64,9 @@ from medseg.tasks.base import (
     split_ids,
 )
 from medseg.tasks.outputs import ClassProbs, MultiLabel
+from medseg.training.augmentation import make_image_augmenter
 from medseg.training.calibration import CalibrationSet, temper
 from medseg.training.config import ExperimentConfig
-from medseg.transforms.augment import Augmenter
 from medseg.uncertainty.calibration import observed_elements
 from medseg.uncertainty.decompose import heteroscedastic_ce
 
@@ -143,16 +153,169 @@ def heteroscedastic_bce(logits: torch.Tensor, log_var: torch.Tensor, target: tor
     return (w * nll).sum() / w.sum().clamp_min(1.0)
 
 
+def soft_targets(y: torch.Tensor, num_classes: int, task: str, smoothing: float = 0.0
+                 ) -> torch.Tensor:
+    """Label-smoothed targets ``(B, K)`` of hard labels.
+
+    Single-label: ``(1 - e) onehot(y) + e / K``; multi-label: ``y (1 - e) + e / 2`` for observed
+    entries, missing entries (``-1``) kept ``-1``.
+
+    Args:
+        y: ``(B,)`` class indices (single) or ``(B, K)`` in {0, 1, -1} (multi).
+        num_classes: ``K``.
+        task: ``"single"`` or ``"multi"``.
+        smoothing: ``e`` in [0, 1).
+
+    Returns:
+        ``(B, K)`` float64 targets.
+    """
+    if task == "single":
+        onehot = torch.nn.functional.one_hot(y.long(), num_classes).double()
+        return onehot * (1.0 - smoothing) + smoothing / num_classes
+    y = y.double()
+    return torch.where(y >= 0, y * (1.0 - smoothing) + smoothing / 2.0, y)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-entropy ``-sum_k t_k log softmax(z)_k`` against soft targets. Takes logits.
+
+    Args:
+        logits: ``(B, K)``.
+        target: ``(B, K)`` rows summing to 1.
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    return -(target * torch.log_softmax(logits, 1)).sum(1)
+
+
+def mixed_classification_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
+                              lam: float, task: str, smoothing: float = 0.0,
+                              class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of a mixed (mixup) and/or label-smoothed batch. Takes logits.
+
+    Single-label: ``sum_i [lam w_a l(t_a) + (1 - lam) w_b l(t_b)] / sum_i [lam w_a +
+    (1 - lam) w_b]`` with ``l`` the soft cross-entropy of :func:`soft_cross_entropy`, ``t`` the
+    smoothed targets of the two images mixed into image ``i`` and ``w`` their class weights (1
+    without); without class weights this is the cross-entropy against the convex combination
+    ``lam t_a + (1 - lam) t_b``. Multi-label: masked BCE against ``lam t_a + (1 - lam) t_b``
+    where both labels are observed (missing otherwise).
+
+    Args:
+        logits: ``(B, K)``.
+        y_a: ``(B,)`` / ``(B, K)`` labels of the first images.
+        y_b: Labels of the images mixed in (``y_a`` and ``lam = 1`` without mixup).
+        lam: Mixing weight of the first images, in [0, 1].
+        task: ``"single"`` or ``"multi"``.
+        smoothing: Label smoothing ``e``.
+        class_weights: Optional ``(K,)`` (single-label).
+
+    Returns:
+        Scalar loss.
+    """
+    k = logits.shape[1]
+    t_a = soft_targets(y_a, k, task, smoothing).to(logits)
+    t_b = soft_targets(y_b, k, task, smoothing).to(logits)
+    if task == "multi":
+        both = (t_a >= 0) & (t_b >= 0)
+        target = torch.where(both, lam * t_a + (1.0 - lam) * t_b, torch.full_like(t_a, -1.0))
+        return masked_bce_with_logits(logits, target)
+    if class_weights is None:
+        w_a = w_b = torch.ones(len(logits), dtype=logits.dtype, device=logits.device)
+    else:
+        cw = class_weights.to(logits)
+        w_a, w_b = cw[y_a.long()], cw[y_b.long()]
+    num = lam * w_a * soft_cross_entropy(logits, t_a) + \
+        (1.0 - lam) * w_b * soft_cross_entropy(logits, t_b)
+    return num.sum() / (lam * w_a + (1.0 - lam) * w_b).sum().clamp_min(1e-12)
+
+
+def mixup(x: torch.Tensor, alpha: float, rng: np.random.Generator
+          ) -> tuple[torch.Tensor, np.ndarray, float]:
+    """Mix a batch with a permutation of itself (mixup, Zhang et al. 2018).
+
+    Args:
+        x: ``(B, C, *spatial)`` images.
+        alpha: Beta(alpha, alpha) parameter (> 0).
+        rng: Draws ``lam`` then the permutation.
+
+    Returns:
+        ``(lam x + (1 - lam) x[perm], perm, lam)``.
+    """
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(len(x))
+    return lam * x + (1.0 - lam) * x[torch.from_numpy(perm)], perm, lam
+
+
+def balanced_batches(labels: np.ndarray, batch_size: int, steps: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """An epoch's index batches drawn with replacement so that every class present is equally
+    likely: image ``i`` of class ``c`` has probability ``1 / (K n_c)`` (``K`` classes present).
+
+    Args:
+        labels: ``(N,)`` class indices.
+        batch_size: Images per batch.
+        steps: Batches.
+        rng: The epoch's generator.
+
+    Returns:
+        ``steps`` sorted index arrays of ``batch_size``.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    classes, counts = np.unique(y, return_counts=True)
+    per = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+    p = np.array([1.0 / (len(classes) * per[int(c)]) for c in y])
+    draw = rng.choice(len(y), size=(steps, batch_size), replace=True, p=p / p.sum())
+    return [np.sort(b) for b in draw]
+
+
+def tta_flip_axes(cfg: ExperimentConfig | None, spatial_dims: int) -> tuple[int, ...]:
+    """The spatial axes whose flips test-time augmentation averages: those the training run's
+    augmentation flipped (``augment.flip_axes``, every axis when unset), none when it did not
+    flip (a flip it never saw is not a valid view of the anatomy)."""
+    if cfg is None:
+        return tuple(range(spatial_dims))
+    a = cfg.augment
+    if not a.enabled or a.p_flip <= 0:
+        return ()
+    return tuple(range(spatial_dims)) if a.flip_axes is None else tuple(a.flip_axes)
+
+
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...], task: str
+               ) -> torch.Tensor:
+    """Logits ``(B, K)`` of the flip-averaged probabilities of ``x`` ``(B, C, *spatial)``:
+    ``log mean_g softmax(f(g x))`` (single) or ``logit mean_g sigmoid(f(g x))`` (multi) over
+    every combination of flips of ``axes`` (:func:`medseg.inference.tta.flip_tta`)."""
+    from medseg.inference.tta import flip_tta
+
+    def predictor(image: torch.Tensor) -> torch.Tensor:
+        out = model(image)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.float().reshape(*out.shape, *([1] * (image.ndim - 2)))
+
+    act = "softmax" if task == "single" else "sigmoid"
+    p = flip_tta(predictor, x, axes, act).reshape(len(x), -1).double()
+    p = p.clamp(1e-12, 1.0)
+    logits = p.log() if task == "single" else p.log() - (1.0 - p).clamp_min(1e-12).log()
+    return logits.float()
+
+
 @torch.inference_mode()
 def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device,
-                      batch_size: int = 64) -> torch.Tensor:
-    """``(N, K)`` float32 logits of ``x`` ``(N, C, *spatial)`` on CPU (eval mode)."""
+                      batch_size: int = 64, tta: tuple[int, ...] = (), task: str = "single"
+                      ) -> torch.Tensor:
+    """``(N, K)`` float32 logits of ``x`` ``(N, C, *spatial)`` on CPU (eval mode); with ``tta``
+    axes, those of the flip-averaged probabilities (:func:`tta_logits`)."""
     was = model.training
     model.eval()
     out = []
     try:
         for i in range(0, len(x), batch_size):
-            logits = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device))
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
+            if tta:
+                out.append(tta_logits(model, xb, tta, task).cpu())
+                continue
+            logits = model(xb)
             if isinstance(logits, tuple):  # a variance head's (logits, log_var)
                 logits = logits[0]
             out.append(logits.float().cpu())
@@ -162,12 +325,12 @@ def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.devic
 
 
 def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
-                       batch_size: int = 64, temperature: float = 1.0
-                       ) -> ClassProbs | MultiLabel:
+                       batch_size: int = 64, temperature: float = 1.0,
+                       tta: tuple[int, ...] = ()) -> ClassProbs | MultiLabel:
     """Probabilities of ``x`` ``(N, C, *spatial)``: :class:`ClassProbs` (softmax, single-label)
     or :class:`MultiLabel` (a sigmoid per label), ``(N, K)`` on CPU; logits divided by
-    ``temperature`` (U5)."""
-    logits = classifier_logits(model, x, device, batch_size) / temperature
+    ``temperature`` (U5); ``tta``: flip axes averaged (:func:`tta_logits`)."""
+    logits = classifier_logits(model, x, device, batch_size, tta, task) / temperature
     return ClassProbs.from_logits(logits) if task == "single" else MultiLabel.from_logits(logits)
 
 
@@ -177,11 +340,13 @@ def probabilities(p: ClassProbs | MultiLabel) -> np.ndarray:
 
 
 class ClassificationTrainer(TaskTrainer):
-    """Whole images by index, augmented per batch; CE or masked BCE."""
+    """Whole images by index (or class-balanced), augmented and optionally mixed per batch; CE
+    or masked BCE, optionally against label-smoothed / mixed targets."""
 
     def __init__(self, cfg: ExperimentConfig, data: ClsArrays, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device
         self.n_val = len(data.val_x)
+        self.tta = tta_flip_axes(cfg, data.spatial_dims) if cfg.inference.tta else ()
         self.acw, self.weights = None, None
         if data.task == "single":
             alpha = torch.bincount(torch.from_numpy(data.train_y).long(),
@@ -193,17 +358,25 @@ class ClassificationTrainer(TaskTrainer):
     def batches(self, epoch: int, seed: int, rank: int, world_size: int) -> Iterator[Any]:
         cfg, data = self.cfg, self.data
         rng = np.random.default_rng(seed)
-        aug = Augmenter(cfg.augment, data.spatial_dims, seed=seed) if cfg.augment.enabled \
-            else None
-        for idx in index_batches(len(data.train_x), cfg.train.batch_size,
-                                 cfg.train.steps_per_epoch, rng):
+        aug = make_image_augmenter(cfg.augment, cfg.physics_noise, data.spatial_dims, seed,
+                                   cfg.data.modality)
+        draw = balanced_batches if cfg.train.balanced_sampling else None
+        batches = draw(data.train_y, cfg.train.batch_size, cfg.train.steps_per_epoch, rng) \
+            if draw is not None else index_batches(len(data.train_x), cfg.train.batch_size,
+                                                   cfg.train.steps_per_epoch, rng)
+        for idx in batches:
             x = torch.from_numpy(data.train_x[idx])
             if aug is not None:
                 x, _ = aug(x)
-            yield x, torch.from_numpy(data.train_y[idx])
+            y = torch.from_numpy(data.train_y[idx])
+            if cfg.train.mixup > 0:
+                x, perm, lam = mixup(x, cfg.train.mixup, rng)
+                yield x, y, y[torch.from_numpy(perm)], lam
+            else:
+                yield x, y
 
     def loss(self, net: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
-        x, y = batch
+        x, y = batch[:2]
         y = y.to(self.device)
         weights = self.acw.weights.to(self.device) if self.acw is not None else self.weights
         out = net(x.to(self.device))
@@ -217,6 +390,10 @@ class ClassificationTrainer(TaskTrainer):
                 loss = heteroscedastic_bce(logits, log_var, y.float(), s)
             return loss, (logits, y)
         logits = out.float()
+        if len(batch) == 4 or self.cfg.train.label_smoothing > 0:
+            y_b, lam = (batch[2].to(self.device), float(batch[3])) if len(batch) == 4 else (y, 1.0)
+            return mixed_classification_loss(logits, y, y_b, lam, self.data.task,
+                                             self.cfg.train.label_smoothing, weights), (logits, y)
         return classification_loss(logits, y, self.data.task, weights), (logits, y)
 
     def after_step(self, batch: Any, output: Any) -> None:
@@ -233,14 +410,15 @@ class ClassificationTrainer(TaskTrainer):
 
     def validate(self, model: torch.nn.Module) -> dict[str, float]:
         probs = probabilities(predict_classifier(model, self.data.val_x, self.data.task,
-                                                 self.device))
+                                                 self.device, tta=self.tta))
         res = evaluate_classification(probs, self.data.val_y, self.data.task,
                                       self.data.class_names, n_boot=0)
         return {"val_auroc": float(res["macro"]["auroc"]),
                 "val_accuracy": float(res["macro"].get("accuracy", float("nan")))}
 
     def out_of_fold(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        logits = classifier_logits(model, self.data.val_x, self.device)
+        logits = classifier_logits(model, self.data.val_x, self.device, tta=self.tta,
+                                   task=self.data.task)
         return [{"id": i, "label": np.asarray(y).tolist(), "logits": z.tolist()}
                 for i, y, z in zip(self.data.val_ids, self.data.val_y, logits, strict=True)]
 
@@ -248,7 +426,8 @@ class ClassificationTrainer(TaskTrainer):
         """The validation images' logits and labels (missing labels left out)."""
         d = self.data
         kind = "softmax" if d.task == "single" else "sigmoid"
-        z, y = observed_elements(classifier_logits(model, d.val_x, self.device),
+        z, y = observed_elements(classifier_logits(model, d.val_x, self.device, tta=self.tta,
+                                                   task=d.task),
                                  torch.from_numpy(d.val_y), kind=kind)
         return CalibrationSet(z, y, kind, f"the validation split ({len(d.val_x)} image(s))",
                               len(d.val_x))
@@ -451,7 +630,15 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
         out_probs: ClassProbs | MultiLabel = ClassProbs(mean) if task == "single" else \
             MultiLabel(mean)
     else:
-        parts = [predict_classifier(m, x, task, dev, temperature=tk)
+        cfg = folder.config()
+        use_tta = request.tta if request is not None and request.tta is not None else \
+            bool(cfg is not None and cfg.inference.tta)
+        axes = tta_flip_axes(cfg, plan.spatial_dims) if use_tta else ()
+        if use_tta and not axes:
+            raise InputError("test-time flips were asked for but the model was trained "
+                             "without flips (augment.p_flip 0), so no flip is a view it saw",
+                             folder.path, "predict without --tta")
+        parts = [predict_classifier(m, x, task, dev, temperature=tk, tta=axes)
                  for m, tk in zip(models, temps, strict=True)]
         mean = torch.stack([torch.from_numpy(probabilities(p)) for p in parts]).mean(0)
         out_probs = ClassProbs(mean) if task == "single" else MultiLabel(mean)
@@ -461,10 +648,12 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     decision = read_decision(folder.path)
     if decision:  # the operating point chosen on out-of-fold predictions
         th = decision["thresholds"]
+        # threshold the values predictions.csv holds (6 decimals), so evaluate agrees
+        shown = np.array([[float(f"{v:.6f}") for v in r] for r in probs]).reshape(probs.shape)
         if task == "single":
-            hard = (probs[:, 1] >= th[names[1]]).astype(np.int64)
+            hard = (shown[:, 1] >= th[names[1]]).astype(np.int64)
         else:
-            hard = (probs >= np.array([th[n] for n in names])[None]).astype(np.int64)
+            hard = (shown >= np.array([th[n] for n in names])[None]).astype(np.int64)
     extra = uncertainty_columns(task, names) if maps is not None else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -485,8 +674,32 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     out = Path(output_dir) / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, buf.getvalue())
+    _copy_decision(decision, folder.path, out.parent)
     log(f"{len(ids)} prediction(s) written to {out}")
+    seen = set(plan.train_ids) & set(ids)
+    if seen:
+        log(f"  note: {len(seen)} of the {len(ids)} input id(s) are ids the model trained on "
+            "(plan.json train_ids; a K-fold model trained on every case of its pool): scores on "
+            "them are no estimate for new images (oof_metrics.json is)")
     return out
+
+
+def _copy_decision(decision: dict[str, Any], model: Path, out_dir: Path) -> None:
+    """Put the operating point beside ``predictions.csv`` (``decision.json`` with the model's
+    path) so ``medseg evaluate`` scores at it; an earlier copy is removed when the model has
+    none (a user's own ``decision.json`` without ``"model"`` is never touched)."""
+    import json
+
+    target = out_dir / "decision.json"
+    if decision:
+        atomic_write_text(target, json.dumps({**decision, "model": str(model)}, indent=2))
+    elif target.is_file():
+        try:
+            stale = "model" in json.loads(target.read_text())
+        except (OSError, ValueError, TypeError):
+            stale = False
+        if stale:
+            target.unlink()
 
 
 def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -553,10 +766,126 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str], np.ndarray
     return ids, names, probs
 
 
+def _predictions_file(pred: str | Path) -> Path:
+    """``pred`` itself, or ``pred/predictions.csv`` when ``pred`` is a folder."""
+    p = Path(pred)
+    return p / "predictions.csv" if p.is_dir() else p
+
+
+def _prediction_column(path: Path) -> list[str] | None:
+    """The ``prediction`` column of a ``predictions.csv`` (``None`` when it has none)."""
+    from medseg.data.classification import read_csv_rows
+
+    header, rows = read_csv_rows(path, "predictions table")
+    header = [h.strip() for h in header or []]
+    if "prediction" not in header:
+        return None
+    at = header.index("prediction")
+    return [row[at] for _, row in rows]
+
+
+def evaluation_decision(pred: str | Path, names: list[str], probs: np.ndarray, task: str,
+                        log: Log = print) -> dict[str, Any]:
+    """The operating point ``medseg evaluate`` scores the hard labels at.
+
+    ``medseg predict`` copies the model's ``decision.json`` (the threshold chosen on
+    out-of-fold predictions, issue 13) beside the ``predictions.csv`` it thresholded with it;
+    without one the hard label is the most probable class (single-label) or ``p >= 0.5``
+    (multi-label).
+
+    Args:
+        pred: ``predictions.csv`` or the folder holding it.
+        names: The class names of its ``p_<class>`` columns.
+        probs: ``(N, K)`` its probabilities.
+        task: ``"single"`` or ``"multi"``.
+        log: Where a note on a ``prediction`` column that argmax does not give goes.
+
+    Returns:
+        ``{"rule", "thresholds" ({name: t} or None), "source", "argument"}``; ``argument`` is
+        what :func:`~medseg.metrics.classification.evaluate_classification` takes as
+        ``thresholds`` (a float on ``p_<class 1>``, one per label, or None).
+
+    Raises:
+        InputError: ``decision.json`` is invalid, names other classes, belongs to a
+            multi-class model, or its thresholds do not give the file's ``prediction`` column
+            (a stale copy from another model).
+    """
+    from medseg.metrics.classification import predict_classes
+
+    csv_path = _predictions_file(pred)
+    doc = read_decision(csv_path.parent)
+    column = _prediction_column(csv_path)
+    if not doc:
+        if column is not None:
+            hard = predict_classes(probs, task)
+            stored = _hard_labels(column, names, task)
+            if stored is not None and not np.array_equal(stored, hard):
+                log(f"  note: the 'prediction' column of {csv_path} differs from "
+                    f"{'argmax' if task == 'single' else 'p >= 0.5'} on "
+                    f"{int(np.sum(np.any((stored != hard).reshape(len(hard), -1), 1)))} "
+                    "case(s) and no decision.json is beside it; scoring at "
+                    f"{'argmax' if task == 'single' else '0.5'}")
+        return {"rule": "argmax" if task == "single" else "0.5 per label", "thresholds": None,
+                "source": "no decision.json beside the predictions", "argument": None}
+    path = csv_path.parent / "decision.json"
+    th = doc["thresholds"]
+    wanted = names[1:] if task == "single" else names
+    if task == "single" and len(names) != 2:
+        raise InputError(f"decision.json holds thresholds but the predictions have "
+                         f"{len(names)} classes (a threshold needs a binary problem)", path,
+                         "delete it to score the most probable class")
+    if any(n not in th for n in wanted):
+        raise InputError(f"decision.json has thresholds for {sorted(th)[:10]}, the predictions "
+                         f"need {wanted[:10]}", path,
+                         "predict again into an empty folder with the model that made it")
+    arg: float | list[float] = float(th[names[1]]) if task == "single" else \
+        [float(th[n]) for n in names]
+    if column is not None:
+        stored = _hard_labels(column, names, task)
+        hard = predict_classes(probs, task, arg)
+        if stored is None or not np.array_equal(stored, hard):
+            raise InputError("decision.json beside the predictions does not give their "
+                             "'prediction' column (a copy left by another model?)", path,
+                             "predict again into an empty folder, or delete decision.json "
+                             "to score the most probable class")
+    return {"rule": str(doc.get("rule", "stored")), "thresholds": {n: float(th[n])
+                                                                   for n in wanted},
+            "source": str(path), "argument": arg}
+
+
+def _hard_labels(column: list[str], names: list[str], task: str) -> np.ndarray | None:
+    """The ``prediction`` column as ``(N,)`` class indices or ``(N, K)`` 0/1 (None if a value
+    is not a class name)."""
+    pos = {n: k for k, n in enumerate(names)}
+    if task == "single":
+        if any(v not in pos for v in column):
+            return None
+        return np.array([pos[v] for v in column], dtype=np.int64)
+    out = np.zeros((len(column), len(names)), dtype=np.int64)
+    for i, v in enumerate(column):
+        for n in filter(None, v.split(";")):
+            if n not in pos:
+                return None
+            out[i, pos[n]] = 1
+    return out
+
+
 def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str | Path,
                                   split: str | None = None, n_boot: int = 1000, seed: int = 0,
-                                  log: Log = print) -> dict:
-    """Score ``predictions.csv`` against a label table (CSV / npz), by id."""
+                                  log: Log = print, model: str | Path | None = None) -> dict:
+    """Score ``predictions.csv`` against a label table (CSV / npz), by id.
+
+    ``report.html`` / ``report.md`` carry the tables, ROC and reliability diagrams and, with
+    ``model`` (the model folder), its model card (calibration before / after temperature
+    scaling among its validation results).
+
+    The hard labels (accuracy, sensitivity, specificity, balanced accuracy, F1, confusion) are
+    those of the stored operating point when ``medseg predict`` wrote one beside the
+    predictions (``decision.json``, the model's threshold chosen on out-of-fold predictions),
+    else of the most probable class (0.5 for labels); ``metrics.json`` records which
+    (``summary.decision``).
+    """
+    folder = None if model is None else ModelFolder.open(model)  # checked before any work
     ids, names, probs = read_predictions(pred)
     ds = open_classification(ref)
     if split:
@@ -570,8 +899,11 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
         raise InputError(f"{len(missing)} predicted id(s) are not in the label table "
                          f"(e.g. {missing[0]})", ref, "evaluate against the same cases")
     labels = ds.labels()[[pos[i] for i in ids]]
-    res = evaluate_classification(probs, labels, ds.task, names, n_boot=n_boot, seed=seed)
-    rows = classification_case_rows(ids, probs, labels, ds.task, names)
+    decision = evaluation_decision(pred, names, probs, ds.task, log)
+    res = evaluate_classification(probs, labels, ds.task, names, thresholds=decision["argument"],
+                                  n_boot=n_boot, seed=seed)
+    res["decision"] = {k: v for k, v in decision.items() if k != "argument"}
+    rows = classification_case_rows(ids, probs, labels, ds.task, names, decision["argument"])
     out = Path(output)
     json_path, csv_path = write_classification_metrics(out, res, rows)
     curves = {}
@@ -592,15 +924,19 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
             out / "reliability.png", cal["reliability"], cal["ece"],
             title="top-label reliability" if ds.task == "single" else
             "reliability (every observed label)"))
-    summary = {"all": {k: {"mean": v, "n": res["n_cases"]} for k, v in res["macro"].items()
-                       if v is not None}}
-    for k in ("ece", "brier"):
-        if cal[k] is not None:
-            summary["all"][k] = {"mean": cal[k], "n": res["n_cases"]}
-    files.append(write_report(out, "medseg classification evaluation", summary,
-                              [f for f in files if str(f).endswith(".png")],
-                              notes=[f"predictions: {pred}", f"labels: {ref}",
-                                     "95% bootstrap intervals in metrics.json"]))
+    from medseg.uncertainty.ranking import rank_cases
+
+    try:  # most uncertain first when predict --uncertainty added the columns
+        ranking = rank_cases(Path(pred).parent, "predictive_entropy")
+    except InputError:
+        ranking = None
+    card = None if folder is None else model_card(
+        folder, ClassificationTask.key_metric, ClassificationTask.higher_is_better)
+    captions = {"roc.png": "ROC curves", "reliability.png": "Reliability diagram"}
+    files.append(write_report(out, classification_report(
+        res, rows, Path(pred), Path(ref), None if model is None else Path(model), card,
+        ranking, [(captions.get(Path(f).name, Path(f).stem), Path(f)) for f in files
+                  if str(f).endswith(".png")])))
     m = res["macro"]
     ci = res.get("ci", {}).get("macro", {})
     parts = []
@@ -612,6 +948,11 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
                                           if iv and None not in iv else ""))
     if cal["ece"] is not None:
         parts.append(f"ECE={cal['ece']:.4f} Brier={cal['brier']:.4f}")
+    if decision["thresholds"]:
+        parts.append(f"at the stored {decision['rule']} threshold(s) " + ", ".join(
+            f"{n} {t:.4f}" for n, t in decision["thresholds"].items()))
+    else:
+        parts.append(f"hard labels by {decision['rule']}")
     log("  ".join(parts))
     return {"result": res, "files": files}
 
@@ -627,10 +968,11 @@ class ClassificationTask(Task):
     higher_is_better = True
     default_model = "resnet_classifier"
     predict_options = frozenset({"checkpoint", "device", "split", "uncertainty",
-                                 "samples", "seed"})
+                                 "samples", "seed", "tta"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | TABLE_SETTINGS | {
-        "data.modality", "data.image_size",
-                                                        "augment", "train.threshold"}
+        "data.modality", "data.image_size", "augment", "train.threshold",
+        "train.label_smoothing", "train.mixup", "train.balanced_sampling", "inference.tta",
+        "physics_noise"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:
         if not cfg.data.dataset:
@@ -642,6 +984,13 @@ class ClassificationTask(Task):
         if arrays.task == "multi" and cfg.loss.class_weighting != "none":
             raise ConfigError("loss.class_weighting applies to single-label classification",
                               hint="remove it for a multi-label table")
+        if arrays.task == "multi" and cfg.train.balanced_sampling:
+            raise ConfigError("train.balanced_sampling applies to single-label classification",
+                              hint="remove it for a multi-label table")
+        if cfg.model.variance_head and (cfg.train.mixup > 0 or cfg.train.label_smoothing > 0):
+            raise ConfigError("train.mixup and train.label_smoothing do not combine with "
+                              "model.variance_head (its loss takes hard labels)",
+                              hint="remove one of them")
         return self.build_network(cfg, arrays.spatial_dims, arrays.in_channels,
                                   arrays.num_classes)
 
@@ -678,7 +1027,7 @@ class ClassificationTask(Task):
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
         return evaluate_classification_files(request.pred, request.ref, request.output,
                                              split=request.split, n_boot=request.bootstrap,
-                                             log=log)
+                                             log=log, model=request.model)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,

@@ -25,6 +25,7 @@ channels), as the DSB2018 loader does in training.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -42,6 +43,7 @@ from medseg.data.instance import (
 )
 from medseg.errors import InputError
 from medseg.instance import PostprocessParams, probs_to_instances
+from medseg.instance.tuning import choose_postprocess, read_postprocess, write_postprocess
 from medseg.io import list_image_files, read_image, read_label, write_image
 from medseg.io.atomic import atomic_write_text
 from medseg.metrics.instance import (
@@ -139,7 +141,9 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         fmt: Output format (``auto``: the input's; ``png`` / ``nii.gz`` / ``nrrd``).
         tta: Flip test-time augmentation (default: the model's setting).
         overlap: Sliding-window overlap (default: the model's setting).
-        params: Post-processing (default: the ``instance.postprocess`` block of ``plan.json``).
+        params: Post-processing (default: the parameters chosen on out-of-fold predictions,
+            ``postprocess.json`` in the model folder, else the ``instance.postprocess`` block
+            of ``plan.json``).
 
     Returns:
         The written instance label maps, in case order.
@@ -151,7 +155,8 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         raise InputError("not an instance segmentation model (plan.json task is "
                          f"{model.info.task!r})", model.folder,
                          "train one with medseg train --task instance")
-    prm = params or PostprocessParams(**model.info["instance"]["postprocess"])
+    prm = params or read_postprocess(model.folder) or \
+        PostprocessParams(**model.info["instance"]["postprocess"])
     out = Path(output_dir)
     cin = int(model.info.in_channels)
     cases = _instance_inputs(Path(input_path), cin)
@@ -197,6 +202,57 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         written.append(dest)
         log(f"  [{i + 1}/{len(cases)}] {name}: {len(rows)} instance(s) -> {dest}")
     return written
+
+
+def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = None,
+                              device: str = "auto", log: Log = print) -> dict[str, Any]:
+    """Choose the watershed parameters on the out-of-fold predictions of a K-fold model.
+
+    Every fold's best model predicts the probabilities of its own validation cases (images
+    it never trained on); :func:`medseg.instance.tuning.choose_postprocess` picks the grid
+    point with the highest mean F1@0.5 over all of them, and ``postprocess.json`` in the
+    model folder records it, so that :func:`predict_instances` uses it.
+
+    Args:
+        folder: A model folder written by ``medseg train --task instance --folds K``.
+        grid: Values per parameter (default :data:`medseg.instance.tuning.DEFAULT_GRID`).
+        device: Where the folds predict.
+        log: Progress lines.
+
+    Returns:
+        The report written to ``postprocess.json``.
+
+    Raises:
+        InputError: not a K-fold instance model folder, or its dataset cannot be read.
+    """
+    from medseg.data.instance import open_instance_dataset
+
+    mf = ModelFolder.open(folder)
+    if mf.task != "instance" or mf.plan.get("ensemble", {}).get("kind") != "folds":
+        raise InputError("not a K-fold instance model folder", mf.path,
+                         "train one with medseg train --task instance --folds K")
+    cases = []
+    for member in mf.members:
+        cfg = member.config()
+        ds = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
+        model = SegmentationModel.load(member, "best", device)
+        cin = int(model.info.in_channels)
+        for cid in member.plan.val_ids:
+            case = ds.case(cid)
+            image, meta = read_image(case.image)
+            if cin == 1 and image.shape[0] > 1:
+                image = to_grey(image)
+            probs = model.predict(image, meta).probs
+            ref = read_instance_map(case, tuple(image.shape[1:]), cfg.instance.mask_threshold)
+            cases.append((probs.numpy(), ref))
+        log(f"  {member.path.name}: {len(member.plan.val_ids)} out-of-fold case(s)")
+    base = PostprocessParams(**mf.plan["instance"]["postprocess"])
+    best, report = choose_postprocess(cases, grid, base)
+    write_postprocess(mf.path, report)
+    log(f"post-processing chosen on {len(cases)} out-of-fold case(s): mean F1@0.5 "
+        f"{report['configured']['f1']:.4f} (configured) -> {report['f1']:.4f} with "
+        + ", ".join(f"{k} {v}" for k, v in best.to_dict().items()))
+    return report
 
 
 def is_instance_prediction_folder(path: str | Path) -> bool:
@@ -315,7 +371,7 @@ class InstanceTask(SegmentationTask):
     # instance datasets are folders of images and masks, not path tables
     uses = (SegmentationTask.uses - TABLE_SETTINGS) | {"instance"}
     predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
-                                 "uncertainty", "samples", "seed", "per_class"})
+                                 "uncertainty", "samples", "seed", "per_class", "precision"})
 
     def open_dataset(self, cfg: ExperimentConfig) -> Any:
         from medseg.data.instance import build_semantic_dataset, open_instance_dataset
@@ -325,6 +381,13 @@ class InstanceTask(SegmentationTask):
         inst = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
         return build_semantic_dataset(inst, Path(cfg.output_dir) / "instance_targets",
                                       cfg.instance.boundary_width, cfg.instance.mask_threshold)
+
+    def prepare(self, cfg: ExperimentConfig, log: Log) -> PreparedData:
+        # The interior/boundary targets are written anew into the output folder by every run,
+        # so an on-disk preprocessed cache (keyed by the inputs' paths and times) would never
+        # be hit again and would only fill the disk: instance data stay in memory.
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=False))
+        return super().prepare(cfg, log)
 
     def plan_entries(self, cfg: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
         return {**super().plan_entries(cfg, data),
@@ -347,6 +410,7 @@ class InstanceTask(SegmentationTask):
 
     def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
         model = SegmentationModel.load(folder, request.checkpoint, request.device)
+        model.precision = request.precision
         files = predict_instances(model, request.input, request.output, fmt=request.format,
                                   tta=request.tta, overlap=request.overlap, log=log,
                                   request=request)

@@ -17,8 +17,10 @@ map with the input's affine. Evaluation: per case and class Dice, IoU, HD95 and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -39,12 +41,22 @@ from medseg.data import (
     restore_probabilities,
     validate_dataset,
 )
+from medseg.data.cache import (
+    CachedCases,
+    PreprocessedCache,
+    build_cache,
+    cache_key,
+    default_cache_root,
+    open_cache,
+)
 from medseg.data.layouts import load_image_mask_folders, modality_of_channel
-from medseg.data.sampler import PatchBatchLoader, PatchSampler
+from medseg.data.sampler import PatchBatchLoader, PatchSampler, owned_array
 from medseg.data.splits import auto_patch_size
 from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.inference import predict_probs
+from medseg.inference.background import background_mask
+from medseg.inference.precision import autocast, use_channels_last
 from medseg.io import (
     is_dicom_folder,
     list_image_files,
@@ -53,10 +65,12 @@ from medseg.io import (
     write_image,
     write_label,
 )
-from medseg.io.files import file_suffix
+from medseg.io.dicom_seg import require_highdicom, write_dicom_seg
+from medseg.io.files import detect_format, file_suffix
 from medseg.io.meta import ImageMeta
 from medseg.losses import DeepSupervisionLoss, DiceCELoss
 from medseg.metrics import dice, evaluate_case, format_summary_table, summarize, write_metrics
+from medseg.metrics.agreement import bland_altman_points, volume_agreement
 from medseg.metrics.calibration import (
     bins_json,
     expected_calibration_error,
@@ -64,7 +78,14 @@ from medseg.metrics.calibration import (
     voxel_confidence,
 )
 from medseg.model_folder import ModelFolder, Plan
-from medseg.reports import save_overlay, save_reliability_diagram, write_report
+from medseg.reports import (
+    model_card,
+    save_overlay,
+    save_reliability_diagram,
+    segmentation_report,
+    write_report,
+)
+from medseg.reports.bland_altman import save_bland_altman
 from medseg.tasks import register_task
 from medseg.tasks.base import (
     CLASS_WEIGHTING_SETTINGS,
@@ -89,6 +110,7 @@ from medseg.training.calibration import (
     temper,
 )
 from medseg.training.config import ExperimentConfig
+from medseg.training.device import resolve_precision
 from medseg.uncertainty.calibration import observed_elements
 from medseg.uncertainty.decompose import heteroscedastic_ce
 from medseg.uncertainty.maps import SCALAR_TERMS, uncertainty_maps
@@ -102,9 +124,13 @@ _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 class PreparedData:
     """Preprocessed training and validation arrays plus what prediction needs to repeat it.
 
+    With ``data.cache`` (the default) the four array sequences are
+    :class:`~medseg.data.cache.CachedCases`: memory maps opened on access, labels in the cache's
+    smallest integer type; otherwise in-memory lists.
+
     Attributes:
         train_images: ``(C, *spatial)`` float32 per training case.
-        train_labels: ``(*spatial)`` int64 per training case.
+        train_labels: ``(*spatial)`` integer (int64 in memory, uint8 cached) per training case.
         val_images: Validation images (same layout).
         val_labels: Validation labels.
         train_ids: Case ids of the training split.
@@ -121,10 +147,10 @@ class PreparedData:
             augmentation in the raw domain.
     """
 
-    train_images: list[np.ndarray]
-    train_labels: list[np.ndarray]
-    val_images: list[np.ndarray]
-    val_labels: list[np.ndarray]
+    train_images: Sequence[np.ndarray]
+    train_labels: Sequence[np.ndarray]
+    val_images: Sequence[np.ndarray]
+    val_labels: Sequence[np.ndarray]
     train_ids: list[str]
     val_ids: list[str]
     plan: PreprocessPlan
@@ -162,11 +188,21 @@ def prepare_data(cfg: ExperimentConfig, log: Log = print,
                  task: SegmentationTask | None = None) -> PreparedData:
     """Open, validate (every case, before training), plan, preprocess and split.
 
+    With ``data.cache`` the preprocessed cases live in the on-disk cache
+    (:mod:`medseg.data.cache`): a cache hit skips validation and preprocessing (the inputs are
+    unchanged, so they validated before); a miss validates, plans and preprocesses one case at a
+    time in ``data.workers`` processes. Without it every case is kept in memory.
+
     Raises:
         InputError: the first bad file, named, with what to do about it.
     """
+    t0 = time.perf_counter()
     task = task or SegmentationTask()
     ds = task.open_dataset(cfg)
+    if cfg.data.cache:
+        data = _prepare_cached(cfg, ds, task, log)
+        log(f"  data ready in {time.perf_counter() - t0:.2f} s")
+        return data
     dims = cfg.data.spatial_dims or infer_spatial_dims(ds)
     # a bad model option is reported now, not after minutes of reading data
     task.build_network(cfg, dims, len(ds.channel_names), ds.num_classes)
@@ -194,15 +230,75 @@ def prepare_data(cfg: ExperimentConfig, log: Log = print,
     if not tr_x:
         raise InputError("no training cases left after the validation split", ds.root,
                          "lower data.val_fraction or add cases")
+    shapes = np.array([x.shape[1:] for x in tr_x])
+    log(f"  data ready in {time.perf_counter() - t0:.2f} s")
+    return _prepared(ds, dims, plan, summary.to_dict(), summary.case_ids, train_ids, val_ids,
+                     (tr_x, tr_y, va_x, va_y, tr_aff), shapes)
+
+
+def _prepared(ds: SegDataset, dims: int, plan: PreprocessPlan, summary_d: dict[str, Any],
+              case_ids: list[str], train_ids: Sequence[str], val_ids: Sequence[str],
+              arrays: tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray],
+                            Sequence[np.ndarray], list[np.ndarray]],
+              shapes: np.ndarray) -> PreparedData:
+    """The :class:`PreparedData` of either path (``shapes``: ``(N_train, dims)``)."""
     names = ds.label_names
     class_names = [names.get(v, str(v)) for v in range(ds.num_classes)]
-    shapes = np.array([x.shape[1:] for x in tr_x])
     median_shape = tuple(int(s) for s in np.median(shapes, axis=0))
-    summary_d = summary.to_dict()
-    summary_d["preprocessed_median_shape"] = list(median_shape)
-    return PreparedData(tr_x, tr_y, va_x, va_y, [i for i in summary.case_ids if i in train_ids],
-                        [i for i in summary.case_ids if i in val_ids], plan, ds, dims,
+    summary_d = {**summary_d, "preprocessed_median_shape": list(median_shape)}
+    tr_x, tr_y, va_x, va_y, tr_aff = arrays
+    return PreparedData(tr_x, tr_y, va_x, va_y, [i for i in case_ids if i in train_ids],
+                        [i for i in case_ids if i in val_ids], plan, ds, dims,
                         median_shape, class_names, summary_d, train_affines=tr_aff)
+
+
+def _prepare_cached(cfg: ExperimentConfig, ds: SegDataset, task: SegmentationTask, log: Log
+                    ) -> PreparedData:
+    """:func:`prepare_data` through the on-disk cache (see :mod:`medseg.data.cache`).
+
+    The key holds ``data.spatial_dims`` as configured (``None`` = inferred): the inferred value
+    depends only on the input files, which the key covers, and is kept in the summary, so a hit
+    reads no image at all.
+    """
+    settings = {"spatial_dims": cfg.data.spatial_dims,
+                "preprocess": dataclasses.asdict(cfg.preprocess),
+                "intensity_seed": cfg.data.split_seed}
+    key = cache_key(ds, settings)
+    root = (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir
+            else default_cache_root(cfg.output_dir))
+    folder = root / key[:24]
+    cache: PreprocessedCache | None
+    cache, why = open_cache(folder, key)
+    if cache is not None:
+        dims = int(cache.summary["spatial_dims"])
+        # a bad model option is reported now, not after minutes of training
+        task.build_network(cfg, dims, len(ds.channel_names), ds.num_classes)
+        log(f"  preprocessed cache hit: {folder} ({len(cache.entries)} cases)")
+    else:
+        dims = cfg.data.spatial_dims or infer_spatial_dims(ds)
+        # a bad model option is reported now, not after minutes of reading data
+        task.build_network(cfg, dims, len(ds.channel_names), ds.num_classes)
+        log(f"  preprocessed cache miss ({why}): building {folder}")
+        summary = validate_dataset(ds, dims, keep_arrays=False, seed=cfg.data.split_seed)
+        plan = make_plan(summary, ds, target_spacing=cfg.preprocess.target_spacing,
+                         normalization=cfg.preprocess.normalization,
+                         physics=cfg.preprocess.physics)
+        cache = build_cache(folder, key, ds, plan, summary.to_dict(), cfg.data.workers)
+    plan, summary_d = cache.plan, cache.summary
+    if plan.target_spacing is not None:
+        log(f"  resampling to spacing {plan.target_spacing} (median spacing "
+            f"{[round(s, 3) for s in summary_d['median_spacing']]})")
+    case_ids = list(summary_d["case_ids"])
+    train_ids, val_ids = split_ids(cfg, case_ids)
+    tr = [i for i in case_ids if i in train_ids and i not in val_ids]
+    va = [i for i in case_ids if i in val_ids]
+    if not tr:
+        raise InputError("no training cases left after the validation split", ds.root,
+                         "lower data.val_fraction or add cases")
+    arrays = (cache.images(tr), cache.labels(tr), cache.images(va), cache.labels(va),
+              cache.affines(tr))
+    shapes = np.array([cache.entries[i].shape for i in tr])
+    return _prepared(ds, dims, plan, summary_d, case_ids, train_ids, val_ids, arrays, shapes)
 
 
 def make_epoch_loader(data: PreparedData, cfg: ExperimentConfig, epoch: int, seed: int,
@@ -218,6 +314,8 @@ def make_epoch_loader(data: PreparedData, cfg: ExperimentConfig, epoch: int, see
             data.train_images, data.train_labels, data.patch_size, cfg.train.batch_size,
             fg_oversample=cfg.train.fg_oversample, ignore_label=data.ignore_label,
             seed=cfg.train.seed, rank=rank, world_size=world_size,
+            pad_values=(data.train_images.channel_min
+                        if isinstance(data.train_images, CachedCases) else None),
         )
     data.sampler.load_state_dict({
         "rng": np.random.default_rng([cfg.train.seed, epoch, rank]).bit_generator.state,
@@ -251,6 +349,17 @@ def choose_patch_size(cfg: ExperimentConfig, data: PreparedData, model: torch.nn
     return auto_patch_size(data.patch_size, div, cap)
 
 
+def inference_speed(inf: dict[str, Any], device: torch.device, spatial_dims: int
+                    ) -> dict[str, Any]:
+    """The ``precision`` / ``channels_last`` / ``compile`` arguments of :func:`predict_probs`
+    from an ``inference`` section (config or ``plan.json``), resolved for ``device``."""
+    precision = resolve_precision(str(inf.get("precision", "auto")), device)
+    return {"precision": precision,
+            "channels_last": use_channels_last(inf.get("channels_last", False), spatial_dims,
+                                               precision),
+            "compile": bool(inf.get("compile", False))}
+
+
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
              device: torch.device, rows: list[dict[str, Any]] | None = None
@@ -264,11 +373,14 @@ def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
     fg = list(range(1, data.num_classes))
     per_case: dict[int, list[float]] = {c: [] for c in fg}
     n = cfg.data.val_max_cases or len(data.val_images)
+    speed = inference_speed(cfg.inference.__dict__, device, data.spatial_dims)
     for k, (img, lab) in enumerate(zip(data.val_images[:n], data.val_labels[:n], strict=True)):
+        img, lab = owned_array(img, np.float32), owned_array(lab, np.int64)  # one case in RAM
         probs = predict_probs(
             model, torch.from_numpy(img)[None], roi_size=data.patch_size,
             overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
             device=device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale,
+            **speed,
         )
         pred = SegProbs(probs[0]).hard().labels.numpy()
         observed = ObservationMask.from_labels(torch.from_numpy(lab), data.ignore_label)
@@ -374,13 +486,16 @@ class SegmentationTrainer(TaskTrainer):
         """Observed voxels of the validation cases (at most 200,000 per case, seeded)."""
         data, cfg = self.data, self.cfg
         n = cfg.data.val_max_cases or len(data.val_images)
+        speed = inference_speed(cfg.inference.__dict__, self.device, data.spatial_dims)
         parts = []
         for i, (img, lab) in enumerate(zip(data.val_images[:n], data.val_labels[:n],
                                            strict=True)):
+            img, lab = owned_array(img, np.float32), owned_array(lab, np.int64)
             probs = predict_probs(
                 model, torch.from_numpy(img)[None], roi_size=data.patch_size,
                 overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
-                device=self.device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale)
+                device=self.device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale,
+                **speed)
             target = torch.from_numpy(lab)[None].long()
             mask = None if data.ignore_label is None else target != data.ignore_label
             parts.append(observed_elements(log_probs_as_logits(probs), target, mask,
@@ -419,6 +534,8 @@ class SegmentationModel:
     device: torch.device
     temperatures: list[float] = field(default_factory=lambda: [1.0])
     conformal: dict[str, Any] | None = None
+    precision: str | None = None
+    last_stats: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, folder: str | Path | ModelFolder, checkpoint: str = "best",
@@ -501,14 +618,30 @@ class SegmentationModel:
         """
         x = self.network_input(image, meta)
         inf = self.info["inference"]
+        speed = self.speed()
+        background = None
+        if inf.get("skip_background", False):
+            background = background_mask(image, meta, self.plan)[None]
+        self.last_stats = {}
         probs = sum(temper(predict_probs(
             m, x[None], roi_size=tuple(self.info["patch_size"]),
             overlap=inf["overlap"] if overlap is None else overlap,
             sw_batch_size=inf["sw_batch_size"], tta=inf["tta"] if tta is None else tta,
             device=self.device, output_device="cpu",
-            sigma_scale=float(inf.get("sigma_scale", 0.125)),
+            sigma_scale=float(inf.get("sigma_scale", 0.125)), background=background,
+            stats=self.last_stats, **speed,
         )[0], t) for m, t in zip(self.models, self.temperatures, strict=True))
         return SegProbs(restore_probabilities(probs / len(self.models), self.plan, meta))
+
+    def speed(self) -> dict[str, Any]:
+        """``precision`` / ``channels_last`` / ``compile`` of :func:`predict_probs` for this
+        model: the plan's ``inference`` entries, :attr:`precision` overriding the precision.
+        A plan written before these entries existed predicts in fp32, contiguous, eagerly."""
+        inf = dict(self.info["inference"])
+        inf.setdefault("precision", "fp32")
+        if self.precision is not None:
+            inf["precision"] = self.precision
+        return inference_speed(inf, self.device, self.plan.spatial_dims)
 
     def predict_samples(self, image: np.ndarray, meta: ImageMeta, method: str,
                         n_samples: int = 10, seed: int = 0, overlap: float | None = None
@@ -540,10 +673,14 @@ class SegmentationModel:
         c, head = self.num_classes, self.info.variance_head
         calls = [0]
 
+        precision = self.speed()["precision"]
+
         def predictor(win: torch.Tensor) -> torch.Tensor:
             calls[0] += 1
             try:
-                p, v = sample_probs(models, win, method, n_samples, seed=seed * 100003 + calls[0])
+                with autocast(precision, self.device):  # samples come back as float32
+                    p, v = sample_probs(models, win, method, n_samples,
+                                        seed=seed * 100003 + calls[0])
             except ValueError as e:
                 raise InputError(str(e), self.folder, "choose another --uncertainty method"
                                  ) from None
@@ -618,8 +755,35 @@ def collect_inputs(path: str | Path, in_channels: int) -> list[tuple[str, ImageS
     return out
 
 
+#: File ending of the DICOM SEG predictions of ``--format dcmseg``.
+DCMSEG_SUFFIX = ".seg.dcm"
+
+
+def check_dcmseg_inputs(cases: list[tuple[str, ImageSource | list]]) -> None:
+    """``--format dcmseg`` needs DICOM input: refuse any other case before predicting.
+
+    Raises:
+        InputError: naming the first input that is not a DICOM series, or highdicom missing.
+    """
+    require_highdicom()
+    for _, src in cases:
+        first = src[0] if isinstance(src, list | tuple) else src
+        if detect_format(first) != "dicom":
+            raise InputError("--format dcmseg writes DICOM SEG objects, which reference a DICOM "
+                             "series, but this input is not DICOM", first,
+                             "predict a DICOM series folder, or choose --format nii.gz")
+
+
 def output_suffix(src: ImageSource | list, fmt: str) -> str:
-    """The prediction file's extension: ``fmt``, or the input's (NIfTI for DICOM / JPEG->PNG)."""
+    """The prediction file's extension: ``fmt``, or the input's (NIfTI for DICOM / JPEG->PNG).
+
+    Raises:
+        InputError: ``fmt`` is ``dcmseg`` (DICOM SEG holds the class label maps of semantic
+            segmentation only; :func:`predict_inputs` names those files itself).
+    """
+    if fmt == "dcmseg":
+        raise InputError("--format dcmseg writes DICOM SEG objects of semantic segmentation "
+                         "label maps only", None, "choose --format nii.gz for this model")
     if fmt != "auto":
         return "." + fmt
     first = src[0] if isinstance(src, list | tuple) else src
@@ -774,11 +938,13 @@ def predict_inputs(
     """
     out = Path(output_dir)
     cases = collect_inputs(input_path, model.plan.in_channels)
+    if fmt == "dcmseg":
+        check_dcmseg_inputs(cases)
     written: list[Path] = []
     rows: list[dict[str, Any]] = []
     for i, (name, src) in enumerate(cases):
         image, meta = read_image(src if not isinstance(src, list) else list(src))
-        suffix = output_suffix(src, fmt)
+        suffix = DCMSEG_SUFFIX if fmt == "dcmseg" else output_suffix(src, fmt)
         if uncertainty is not None and uncertainty.uncertainty:
             samples, var = model.predict_samples(image, meta, uncertainty.uncertainty,
                                                  uncertainty.samples,
@@ -793,7 +959,12 @@ def predict_inputs(
         dest = out / f"{name}{suffix}"
         if dest.suffix == ".png" and labels.ndim != 2:
             dest = out / f"{name}.nii.gz"
-        write_label(dest, labels, meta)
+        if fmt == "dcmseg":  # check_prediction_output refused a non-empty folder already
+            write_dicom_seg(dest, labels, meta, list(model.info.class_names),
+                            model_name=model.info.model_name,
+                            overwrite=uncertainty is None or uncertainty.overwrite)
+        else:
+            write_label(dest, labels, meta)
         if save_probabilities:
             write_image(out / f"{name}_probabilities.nii.gz", probs.probs.numpy(), meta,
                         dtype=np.float32)
@@ -874,13 +1045,15 @@ def evaluate_folders(
     max_overlays: int = 6,
     nsd_tolerance: float = 1.0,
     connectivity: str = "full",
+    model: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every matched case and write ``metrics.json`` / ``metrics.csv`` (and a report).
 
     Args:
         pred: Folder (or file) of predicted label maps.
         ref: Folder (or file) of reference label maps.
-        output: Folder for the metric files (and ``report.html`` when ``images`` is given).
+        output: Folder for the metric files (and ``report.html`` / ``report.md`` when ``images``
+            or ``model`` is given).
         labels: Foreground labels to score; default: from ``dataset_json``, else every non-zero
             value found in the references.
         ignore_label: Reference value marking unlabelled voxels (T5), excluded everywhere.
@@ -892,11 +1065,14 @@ def evaluate_folders(
         nsd_tolerance: Tolerance in mm of the normalised surface Dice (recorded).
         connectivity: Surface definition of HD95 / ASSD / NSD, ``"full"`` or ``"face"``
             (MONAI's), recorded in every case.
+        model: The model folder of the predictions; its model card joins the report (a report
+            is written when ``images`` or ``model`` is given).
 
     Returns:
         ``{"cases": [...], "summary": {...}, "files": [json, csv(, report)]}``.
     """
     pred, ref, out = Path(pred), Path(ref), Path(output)
+    folder = None if model is None else ModelFolder.open(model)  # checked before any work
     names: dict[int, str] = {}
     if dataset_json is not None:
         from medseg.data.layouts import load_label_table
@@ -965,6 +1141,17 @@ def evaluate_folders(
         files_extra.append(save_reliability_diagram(
             out / "reliability.png", summary["calibration"]["reliability"], ece["width"][0],
             title="voxel reliability (top label)"))
+    try:
+        summary["volume_agreement"] = volume_agreement(results)  # Bland-Altman per class
+    except ValueError as e:  # 2D and 3D cases mixed: volumes in mm^2 and ml
+        raise InputError(f"cannot compare volumes across cases ({e})", pred,
+                         "evaluate 2D and 3D predictions in separate runs") from None
+    if summary["volume_agreement"]:
+        files_extra.append(save_bland_altman(
+            out / "bland_altman.png",
+            {names.get(c, f"class {c}"): (*bland_altman_points(results, c), ba)
+             for c, ba in summary["volume_agreement"].items()},
+            unit=next(iter(summary["volume_agreement"].values()))["unit"]))
     if names:
         summary["class_names"] = {int(c): names.get(int(c), str(c)) for c in labels}
     json_path, csv_path = write_metrics(out, results, summary)
@@ -973,13 +1160,30 @@ def evaluate_folders(
         c = summary["calibration"]
         log(f"voxel calibration over {c['cases']} case(s): ECE {c['ece']:.4f} (equal-mass "
             f"{c['ece_equal_mass']:.4f})")
+    for c, ba in summary["volume_agreement"].items():
+        log(f"volume {names.get(c, f'class {c}')}: predicted - reference bias {ba['bias']:.4g} "
+            f"{ba['unit']}, 95% limits of agreement [{ba['loa_low']:.4g}, "
+            f"{ba['loa_high']:.4g}] ({ba['n']} case(s))")
     files = [json_path, csv_path, *files_extra]
-    if images is not None:
-        report = {names.get(int(cid), f"class {cid}"): stats
-                  for cid, stats in summary.get("classes", {}).items()}
-        report["all classes"] = summary.get("pooled", {})
-        files.append(write_report(out, "medseg evaluation", report, overlays,
-                                  notes=[f"predictions: {pred}", f"references: {ref}"]))
+    if images is not None or model is not None:  # the self-contained report.html + report.md
+        from medseg.uncertainty.ranking import rank_cases
+
+        srcs = {} if images is None else {
+            output_label(e if isinstance(e, Path) else e[0]).removesuffix("_0000"): e
+            for e in list_image_files(Path(images))}
+        card = None if folder is None else model_card(
+            folder, SegmentationTask.key_metric, SegmentationTask.higher_is_better)
+        try:  # most uncertain first when predict --uncertainty wrote uncertainty.csv
+            ranking = rank_cases(pred if pred.is_dir() else pred.parent)
+        except InputError:
+            ranking = None
+        files.append(write_report(out, segmentation_report(
+            out, results, summary, {n: (p, r, srcs.get(n)) for n, p, r in pairs}, pred, ref,
+            images=None if images is None else Path(images),
+            model=None if model is None else Path(model), card=card, ranking=ranking,
+            figures=[({"reliability.png": "Voxel reliability (top label)",
+                       "bland_altman.png": "Volume agreement (Bland-Altman)"}.get(
+                f.name, f.stem), f) for f in files_extra])))
     return {"cases": results, "summary": summary, "files": files}
 
 
@@ -996,10 +1200,11 @@ class SegmentationTask(Task):
     default_model = "unet"
     predict_options = frozenset({"checkpoint", "device", "format", "tta", "overlap",
                                  "save_probabilities", "uncertainty", "samples", "seed",
-                                 "per_class"})
+                                 "per_class", "precision"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | TABLE_SETTINGS | {
         "data.masks", "data.mask_suffix", "data.modality", "data.spatial_dims",
-        "data.val_max_cases", "preprocess", "augment", "physics_noise", "inference",
+        "data.val_max_cases", "data.cache", "data.cache_dir", "data.workers",
+        "preprocess", "augment", "physics_noise", "inference",
         "loss.dice_weight", "loss.ce_weight", "loss.eps", "loss.batch_dice",
         "loss.include_background", "loss.deep_supervision_weights",
         "train.patch_size", "train.fg_oversample", "train.prefetch",
@@ -1045,7 +1250,11 @@ class SegmentationTask(Task):
             "inference": {"overlap": cfg.inference.overlap,
                           "sw_batch_size": cfg.inference.sw_batch_size,
                           "sigma_scale": cfg.inference.sigma_scale,
-                          "tta": cfg.inference.tta},
+                          "tta": cfg.inference.tta,
+                          "precision": cfg.inference.precision,
+                          "channels_last": cfg.inference.channels_last,
+                          "compile": cfg.inference.compile,
+                          "skip_background": cfg.inference.skip_background},
             "file_ending": data.dataset.file_ending,
             "dataset_summary": data.summary,
         }
@@ -1082,6 +1291,7 @@ class SegmentationTask(Task):
 
     def predict(self, folder: ModelFolder, request: PredictRequest, log: Log) -> list[Path]:
         model = SegmentationModel.load(folder, request.checkpoint, request.device)
+        model.precision = request.precision
         files = predict_inputs(model, request.input, request.output, fmt=request.format,
                                tta=request.tta, overlap=request.overlap,
                                save_probabilities=request.save_probabilities, log=log,
@@ -1095,7 +1305,7 @@ class SegmentationTask(Task):
                                 dataset_json=request.dataset_json,
                                 ref_suffix=request.ref_suffix, images=request.images, log=log,
                                 nsd_tolerance=request.nsd_tolerance,
-                                connectivity=request.surface)
+                                connectivity=request.surface, model=request.model)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,

@@ -44,6 +44,15 @@ class DataConfig:
             for each fold member; ``None`` otherwise).
         allow_outside_root: Accept ``dataset.json`` / label-table paths that are absolute,
             contain ``..`` or resolve outside the dataset folder (only for tables you trust).
+        cache: Segmentation: preprocess every case once into an on-disk cache of ``.npy`` files
+            read lazily (memory-mapped) during training, so memory does not grow with the
+            number of cases and a second run skips reading and preprocessing
+            (:mod:`medseg.data.cache`); ``false`` keeps every case in memory.
+        cache_dir: Folder of caches (one sub-folder per dataset and preprocessing key);
+            ``None`` = ``.medseg_cache`` beside the output folder (shared by the runs written
+            next to each other). Safe to delete at any time.
+        workers: Processes that preprocess cases into the cache: ``0`` = auto (the usable
+            CPUs, at most 4), ``1`` = in the training process.
     """
 
     dataset: str = ""
@@ -58,6 +67,14 @@ class DataConfig:
     image_size: list[int] | None = None
     fold: int | None = None
     allow_outside_root: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (0 = auto), got {self.workers}",
+                              hint="set data.workers: 0 for auto, 1 for no worker processes")
 
 
 @dataclass
@@ -195,7 +212,19 @@ class TrainConfig:
             depend on the machine's speed, so leave it at 0 for bit-exact reproduction).
         seed: Seed of everything random (``--seed``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        amp: Mixed precision on CUDA.
+        precision: Arithmetic of the network's forward and backward: ``"auto"`` (bf16
+            autocast on a CPU with native bf16 and on a bf16-capable GPU, fp16 autocast with
+            the gradient scaler on an older GPU, fp32 otherwise;
+            :func:`medseg.training.device.resolve_precision`), ``"fp32"``, ``"bf16"`` or
+            ``"fp16"``. Losses, softmax and metrics stay float32. The resolved choice is
+            printed and recorded in ``plan.json`` (``train_precision``).
+        channels_last: Channels-last memory layout of weights and patches: ``true``,
+            ``false`` or ``"auto"`` (on for 3D, off for 2D, as measured in
+            ``benchmarks/RESULTS.md``).
+        compile: Run the network through ``torch.compile`` (a warm-up cost at the first
+            step; eager with a warning where the compiler fails).
+        amp: Deprecated (use ``precision``): ``false`` means ``precision: fp32`` when
+            ``precision`` is ``auto``; ``true`` or empty changes nothing.
         num_threads: Torch intra-op threads (``0`` = torch default).
         prefetch: Prepare the next batch in a background thread.
         deterministic: Ask torch for deterministic algorithms.
@@ -214,6 +243,13 @@ class TrainConfig:
             held out, grouped by subject and stratified by label) in one model folder, their
             out-of-fold predictions and estimate with an interval beside them; prediction
             averages the K models. 1 = one train/validation split (``data.val_fraction``).
+        label_smoothing: Classification: targets ``(1 - e) onehot + e / K`` (single-label)
+            or ``y (1 - e) + e / 2`` per label (multi-label) instead of the hard labels.
+        mixup: Classification: the Beta(a, a) parameter ``a`` of mixup (each batch is mixed
+            with a permutation of itself, ``lam x_i + (1 - lam) x_j``, and the loss is the same
+            convex combination of the two targets' losses); ``0`` = off.
+        balanced_sampling: Single-label classification: draw training images with
+            probability ``1 / (K n_class)`` so that every class is seen equally often.
     """
 
     epochs: int = 50
@@ -225,7 +261,10 @@ class TrainConfig:
     max_minutes: float = 0.0
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    amp: bool | None = None
     num_threads: int = 0
     prefetch: bool = True
     deterministic: bool = False
@@ -234,8 +273,14 @@ class TrainConfig:
     calibrate: bool = True
     folds: int = 1
     threshold: str = "youden"
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    balanced_sampling: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0 or self.mixup < 0:
+            raise ConfigError("train.label_smoothing must lie in [0, 1) and train.mixup be >= 0, "
+                              f"got {self.label_smoothing} and {self.mixup}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "max_bad_steps", "ensemble",
                      "folds"):
             if getattr(self, name) < 1:
@@ -246,6 +291,9 @@ class TrainConfig:
             raise ConfigError("train.max_minutes and train.val_every must be >= 0")
         if self.patch_size is not None and min(self.patch_size, default=1) < 1:
             raise ConfigError(f"train.patch_size must be positive, got {self.patch_size}")
+        check_speed_options("train", self.precision, self.channels_last)
+        if self.amp is False and self.precision == "auto":
+            self.precision = "fp32"  # the deprecated switch, mapped once
         rule, _, target = self.threshold.partition(":")
         if rule not in ("youden", "balanced_accuracy", "sensitivity", "argmax") or (
                 (rule == "sensitivity") != bool(target)):
@@ -270,18 +318,41 @@ class InferenceConfig:
         sw_batch_size: Windows per forward pass.
         tta: Average over flips.
         sigma_scale: Gaussian importance sigma as a fraction of the window.
+        precision: Arithmetic of prediction, independent of training's (``"auto"``,
+            ``"fp32"``, ``"bf16"``, ``"fp16"``; see ``train.precision``); resolved on the
+            device that predicts. The stitching accumulator stays float32.
+        channels_last: ``true``, ``false`` or ``"auto"`` (on for 3D, off for 2D).
+        compile: ``torch.compile`` the network for prediction.
+        skip_background: Do not run windows lying entirely in background (CT: every voxel
+            at or below -900 HU; other modalities: every voxel at the image's minimum; see
+            :mod:`medseg.inference.background`); their output is the background class.
     """
 
     overlap: float = 0.5
     sw_batch_size: int = 4
     tta: bool = False
     sigma_scale: float = 0.125
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    skip_background: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
             raise ConfigError(f"inference.overlap must lie in [0, 1), got {self.overlap}")
         if self.sw_batch_size < 1 or self.sigma_scale <= 0:
             raise ConfigError("inference.sw_batch_size must be >= 1 and sigma_scale > 0")
+        check_speed_options("inference", self.precision, self.channels_last)
+
+
+def check_speed_options(section: str, precision: str, channels_last: bool | str) -> None:
+    """Refuse an unknown ``precision`` or ``channels_last`` value of ``section``."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"{section}.precision must be auto, fp32, bf16 or fp16, got "
+                          f"{precision!r}")
+    if channels_last != "auto" and not isinstance(channels_last, bool):
+        raise ConfigError(f"{section}.channels_last must be true, false or auto, got "
+                          f"{channels_last!r}")
 
 
 @dataclass

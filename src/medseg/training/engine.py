@@ -14,8 +14,10 @@ What it guarantees, for every registered task:
   step; a bad step is skipped and logged, ``train.max_bad_steps`` bad steps in a row stop the
   run with a :class:`TrainingError` (the last good checkpoint stays);
 * **DDP under torchrun** (NCCL on CUDA, Gloo on CPU): each rank draws its own batches, rank 0
-  alone validates, writes and reports; **AMP** on CUDA (``train.amp``); **deterministic**
-  algorithms on request (``train.deterministic``);
+  alone validates, writes and reports; **mixed precision** (``train.precision``: bf16 autocast
+  on a CPU with native bf16 or a bf16 GPU, fp16 + grad scaler on older GPUs, fp32 otherwise;
+  the loss is computed on float32 logits), optional **channels-last** and **torch.compile**
+  around the step; **deterministic** algorithms on request (``train.deterministic``);
 * a progress line per epoch and ``train_log.csv`` (with the number of processes).
 """
 
@@ -36,6 +38,14 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, InputError, MedsegError
+from medseg.inference.precision import (
+    autocast,
+    describe,
+    maybe_compile,
+    model_to_channels_last,
+    to_channels_last,
+    use_channels_last,
+)
 from medseg.io.atomic import atomic_write_text
 from medseg.training.checkpoint import (
     BEST_NAME,
@@ -46,7 +56,7 @@ from medseg.training.checkpoint import (
     load_checkpoint,
 )
 from medseg.training.config import ExperimentConfig
-from medseg.training.device import resolve_device
+from medseg.training.device import resolve_device, resolve_precision
 from medseg.training.distributed import (
     all_reduce_mean,
     barrier,
@@ -439,6 +449,20 @@ def train(cfg: ExperimentConfig, resume: bool = False,
         cleanup(info)
 
 
+def _batch_channels_last(batch: Any) -> Any:
+    """The batch with its 4D / 5D floating-point tensors (the images) in channels-last."""
+    if isinstance(batch, torch.Tensor):
+        return to_channels_last(batch) if batch.is_floating_point() and batch.ndim in (4, 5) \
+            else batch
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
+        return type(batch)(*(_batch_channels_last(b) for b in batch))
+    if isinstance(batch, tuple | list):
+        return type(batch)(_batch_channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _batch_channels_last(v) for k, v in batch.items()}
+    return batch
+
+
 class _Run:
     """One training run: the state the engine carries across steps and epochs."""
 
@@ -456,8 +480,17 @@ class _Run:
         plan = task.plan(cfg, data)
         plan.variance_head = cfg.model.variance_head
         self.optimizer = build_optimizer(cfg, self.model)
-        self.use_amp = cfg.train.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = resolve_precision(cfg.train.precision, device)
+        # fp16 needs the gradient scaler (its range underflows small gradients); bf16 does not
+        self.use_amp = self.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+        plan.entries["train_precision"] = self.precision
+        self.channels_last = use_channels_last(cfg.train.channels_last, plan.spatial_dims,
+                                               self.precision) and plan.spatial_dims in (2, 3)
+        if self.channels_last:
+            model_to_channels_last(self.model, plan.spatial_dims)
+        say(f"  precision: {describe(self.precision, self.channels_last, cfg.train.compile)}"
+            f" (train.precision={cfg.train.precision}, device {device.type})")
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.start_epoch, self.best, self.history, self.spent = 0, -math.inf * self.sign, [], 0.0
         self.planned = cfg.train.epochs
@@ -474,6 +507,7 @@ class _Run:
         if info.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = maybe_compile(self.net, cfg.train.compile, "training")
         self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         self.tty = info.is_main and sys.stderr.isatty()
 
@@ -498,8 +532,11 @@ class _Run:
         lr = lr_at(cfg, (epoch * steps + step) / max(1, self.planned * steps), epoch)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        if self.channels_last:
+            batch = _batch_channels_last(batch)
+        with autocast(self.precision, self.device):
             loss, output = self.trainer.loss(self.net, batch)
+        loss = loss.float()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

@@ -90,7 +90,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         format=a.format, tta=a.tta or None, overlap=a.overlap,
         save_probabilities=a.save_probabilities, split=a.split, uncertainty=a.uncertainty,
         samples=a.samples, seed=a.uncertainty_seed, per_class=a.per_class,
-        overwrite=a.overwrite)
+        overwrite=a.overwrite, precision=a.precision)
     task.check_request(request)
     check_prediction_output(request)
     task.predict(folder, request, log=print)
@@ -127,7 +127,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         ref_suffix=a.ref_suffix, images=Path(a.images) if a.images else None, split=a.split,
         bootstrap=a.bootstrap, mask_threshold=a.mask_threshold,
         nsd_tolerance=a.nsd_tolerance, surface=a.surface,
-        allow_outside_root=a.allow_outside_root), log=print)
+        allow_outside_root=a.allow_outside_root,
+        model=Path(a.model) if a.model else None), log=print)
     print("written: " + ", ".join(str(f) for f in ev["files"]))
     return 0
 
@@ -224,6 +225,13 @@ def cmd_restoration_data(a: argparse.Namespace) -> int:
         raise InputError(str(e), hint="see medseg restoration-data --help") from None
     print(f"restoration dataset written to {a.output}")
     return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """``medseg report --model M``: the model card alone (:mod:`medseg.workflows.report`)."""
+    from medseg.workflows.report import cmd_report as run
+
+    return run(a)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
