@@ -300,7 +300,8 @@ def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | P
             :func:`medseg.data.instance.read_dsb_masks`).
 
     Returns:
-        ``{"cases": [...], "summary": {...}, "files": [json, csv]}``.
+        ``{"cases": [...], "summary": {...}, "files": [json, csv, report.html]}`` (and
+        ``report.md`` beside them).
 
     Raises:
         InputError: a prediction without reference, or shapes that differ (named).
@@ -346,7 +347,11 @@ def evaluate_instance_folders(pred: str | Path, ref: str | Path, output: str | P
     summary = summarize_instances(cases)
     jp, cp = write_instance_metrics(output, cases, summary)
     log(format_instance_summary(summary))
-    return {"cases": cases, "summary": summary, "files": [jp, cp]}
+    from medseg.reports import write_report
+    from medseg.reports.evaluation import instance_report
+
+    html = write_report(output, instance_report(cases, summary, pred, ref))
+    return {"cases": cases, "summary": summary, "files": [jp, cp, html]}
 
 
 def format_instance_summary(summary: dict[str, Any]) -> str:
