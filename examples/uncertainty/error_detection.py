@@ -18,6 +18,9 @@ Methods (``--methods``):
 * ``mc``            MC Dropout, the same dropout model (dropout after each decoder stage, the
                     default ``model.options.dropout_where=decoder``), ``--uncertainty mc``;
 * ``mc_decoder``    the same model, ``--uncertainty mc_decoder`` (encoder once, decoder T times);
+* ``mc_head``       decoder-only MC of a model whose only dropout is on the last decoder
+                    features before the 1x1 head (``dropout_where=head``): encoder and decoder
+                    trunk once, the head T times;
 * ``mc_all``        MC Dropout of a second model trained with dropout everywhere
                     (``dropout_where=all``: encoder, bottleneck and decoder), ``--uncertainty mc``;
 * ``tta``           flip TTA of the dropout model (dropout off), ``--uncertainty tta``;
@@ -63,15 +66,17 @@ from study_utils import (  # noqa: E402
 
 from medseg.io import read_image, read_label  # noqa: E402
 from medseg.metrics.classification import auroc  # noqa: E402
-from medseg.workflows.review import rank_cases  # noqa: E402
+from medseg.uncertainty.ranking import rank_cases  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("single", "mc", "mc_decoder", "mc_all", "tta", "ensemble", "variance_head")
+METHODS = ("single", "mc", "mc_decoder", "mc_head", "mc_all", "tta", "ensemble",
+           "variance_head")
 #: method -> (model key, --uncertainty value)
 METHOD_SPEC = {
     "single": ("dropout_decoder", "none"),
     "mc": ("dropout_decoder", "mc"),
     "mc_decoder": ("dropout_decoder", "mc_decoder"),
+    "mc_head": ("dropout_head", "mc_decoder"),
     "mc_all": ("dropout_all", "mc"),
     "tta": ("dropout_decoder", "tta"),
     "ensemble": ("ensemble", "ensemble"),
@@ -81,6 +86,7 @@ METHOD_LABEL = {
     "single": "single pass (softmax), dropout model",
     "mc": "MC Dropout (T samples), decoder dropout",
     "mc_decoder": "MC decoder-only (T), same model",
+    "mc_head": "MC decoder-only (T), dropout before the head only",
     "mc_all": "MC Dropout (T), dropout everywhere",
     "tta": "flip TTA (4 flips), dropout model",
     "ensemble": "deep ensemble (M members)",
@@ -172,6 +178,7 @@ def model_args(a: argparse.Namespace, key: str) -> list[str]:
     extra = {
         "dropout_decoder": drop + ["model.options.dropout_where=decoder"],
         "dropout_all": drop + ["model.options.dropout_where=all"],
+        "dropout_head": drop + ["model.options.dropout_where=head"],
         "ensemble": [],
         "variance_head": ["model.variance_head=true"],
     }[key]

@@ -190,3 +190,44 @@ def test_variance_head_and_predict_with_uncertainty() -> None:
     assert set(maps) == set(full)
     for k in maps:
         torch.testing.assert_close(maps[k], full[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_head_dropout_samples_only_the_head(spatial_dims: int) -> None:
+    """``dropout_where="head"``: decoder-only MC runs the encoder and the decoder's trunk once
+    and the head T times, and its samples are full MC's (same seed)."""
+    from medseg.uncertainty.samplers import sample_probs
+
+    net = _net("unet", spatial_dims, dropout_where="head").eval()
+    assert isinstance(net.head_dropout, nn.modules.dropout._DropoutNd)
+    assert not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in net.decoder.modules())
+    x = _x(spatial_dims)
+    calls = {"encoder": 0, "decoder": 0, "head": 0}
+    hooks = [net.encoder[0].register_forward_hook(lambda *a: calls.__setitem__(
+                 "encoder", calls["encoder"] + 1)),
+             net.decoder[-1].register_forward_hook(lambda *a: calls.__setitem__(
+                 "decoder", calls["decoder"] + 1)),
+             net.head.register_forward_hook(lambda *a: calls.__setitem__(
+                 "head", calls["head"] + 1))]
+    full = mc_dropout_predict(net, x, n_samples=6, generator_seed=5)
+    assert calls == {"encoder": 6, "decoder": 6, "head": 6}
+    for k in calls:
+        calls[k] = 0
+    one = mc_dropout_decoder_predict(net, x, 6, generator_seed=5, batch_samples=False)
+    assert calls == {"encoder": 1, "decoder": 1, "head": 6}
+    for k in calls:
+        calls[k] = 0
+    batched = mc_dropout_decoder_predict(net, x, 6, generator_seed=5)
+    assert calls == {"encoder": 1, "decoder": 1, "head": 1}  # 6 samples in one head call
+    for h in hooks:
+        h.remove()
+    assert torch.equal(one, full)
+    torch.testing.assert_close(batched, full, rtol=0, atol=1e-6)
+    assert not torch.allclose(full[0], full[1])
+    # the CLI's sampler: the same samples
+    cli, _ = sample_probs([net], x, "mc_decoder", n_samples=6, seed=5)
+    torch.testing.assert_close(cli, full, rtol=0, atol=1e-6)
+    # forward is unchanged by the split: eval output = deterministic decode
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.decode_head(net.decode_trunk(net.encode(x)),
+                                                           net.encode(x)), rtol=0, atol=0)

@@ -30,7 +30,7 @@ from medseg.networks.common import (
 )
 from medseg.networks.registry import register_model
 
-DROPOUT_WHERE = ("decoder", "bottleneck", "all")
+DROPOUT_WHERE = ("decoder", "bottleneck", "all", "head")
 DOWNSAMPLE_MODES = ("conv", "maxpool")
 
 
@@ -74,7 +74,10 @@ class UNet(nn.Module):
             keeps these layers active at test time (:meth:`dropout_layers`). Decoder-only MC
             Dropout (:func:`~medseg.uncertainty.sampling.mc_dropout_decoder_predict`) samples
             ``"decoder"`` and ``"bottleneck"`` (the bottleneck's dropout is the first step of
-            :meth:`decode`); ``"all"`` also has dropout in the encoder.
+            :meth:`decode`); ``"all"`` also has dropout in the encoder. ``"head"``: one channel
+            dropout on the last decoder features, before the 1x1 head only; decoder-only MC
+            then runs the whole trunk once and samples only the head (:meth:`decode_trunk`,
+            :meth:`decode_head`).
         residual: Use :class:`~medseg.layers.conv.ResidualBlock` stages instead of two plain
             conv-norm-act.
         deep_supervision: In training mode, return a list of logits, one per decoder level,
@@ -199,6 +202,7 @@ class UNet(nn.Module):
             self.decoder.append(
                 nn.Sequential(block(2 * c, c, (1,) * spatial_dims), drop(dec_drop))
             )
+        self.head_dropout = drop(dropout_where == "head")
         self.head = conv_nd(spatial_dims)(channels[0], num_classes, kernel_size=1)
         # Deep-supervision heads for decoder levels 1 .. n_levels - 2 (level 0 uses `head`).
         self.ds_heads = nn.ModuleList(
@@ -279,23 +283,13 @@ class UNet(nn.Module):
                 f"{len(features)}"
             )
         spatial = features.spatial
-        skips = features[:-1]
-        h = self.bottleneck_dropout(features[-1])
-        padded = tuple(skips[0].shape[2:]) != spatial
-
         want_ds = self.deep_supervision and self.training
-        n_dec = len(self.decoder)
-        ds_out: list[torch.Tensor] = []
-        for j, (up, dec) in enumerate(zip(self.ups, self.decoder, strict=True)):
-            h = dec(torch.cat((up(h), skips[-1 - j]), dim=1))
-            level = n_dec - 1 - j
-            if want_ds and level > 0:
-                ds_out.append(self.ds_heads[level - 1](h))
-        out = self.head(h)
-        if padded:
-            out = out[(..., *(slice(0, s) for s in spatial))]
+        h, ds_out = self._trunk(features, want_ds)
+        out = self.decode_head(h, features)
         if not want_ds:
             return out
+        padded = tuple(features[0].shape[2:]) != spatial
+        n_dec = len(self.decoder)
         outputs = [out]
         for level, logits in zip(range(1, n_dec), reversed(ds_out), strict=True):
             if padded:
@@ -304,6 +298,37 @@ class UNet(nn.Module):
                 logits = logits[(..., *(slice(0, c) for c in crop))]
             outputs.append(logits)
         return outputs
+
+    def _trunk(self, features: EncoderFeatures, want_ds: bool
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = features[:-1]
+        h = self.bottleneck_dropout(features[-1])
+        n_dec = len(self.decoder)
+        ds_out: list[torch.Tensor] = []
+        for j, (up, dec) in enumerate(zip(self.ups, self.decoder, strict=True)):
+            h = dec(torch.cat((up(h), skips[-1 - j]), dim=1))
+            level = n_dec - 1 - j
+            if want_ds and level > 0:
+                ds_out.append(self.ds_heads[level - 1](h))
+        return h, ds_out
+
+    def decode_trunk(self, features: EncoderFeatures) -> torch.Tensor:
+        """The last decoder features ``(B, channels[0], *padded)``, before the head's dropout
+        (``decode = decode_head(decode_trunk(f), f)`` without deep supervision)."""
+        if len(features) != len(self.channels):
+            raise ValueError(
+                f"UNet.decode_trunk expects the {len(self.channels)} tensors of UNet.encode, "
+                f"got {len(features)}"
+            )
+        return self._trunk(features, False)[0]
+
+    def decode_head(self, h: torch.Tensor, features: EncoderFeatures) -> torch.Tensor:
+        """Logits ``(B, num_classes, *features.spatial)`` from :meth:`decode_trunk`'s output:
+        the head's dropout (``dropout_where="head"``), the 1x1 head, the crop of the padding."""
+        out = self.head(self.head_dropout(h))
+        if tuple(h.shape[2:]) != features.spatial:
+            out = out[(..., *(slice(0, s) for s in features.spatial))]
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Class logits, ``decode(encode(x))``.

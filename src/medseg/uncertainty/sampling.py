@@ -282,6 +282,19 @@ def _decoder_mc_passes(
                     "dropout > 0 and dropout_where='decoder' (e.g. create_model(..., "
                     "dropout=0.2, dropout_where='decoder'))"
                 )
+            # Only the head samples (dropout_where="head"): run the decoder's trunk once too
+            # and sample the head alone (the trunk holds no active dropout).
+            head = getattr(model, "head_dropout", None)
+            head_drops = set(head.modules()) if isinstance(head, nn.Module) else set()
+            active_dec = [m for m in decoder_drops if m.p > 0]
+            decode: Callable[[object], object] = model.decode
+            if (active_dec and callable(getattr(model, "decode_trunk", None))
+                    and all(m in head_drops for m in active_dec)):
+                encoded = features
+                features = model.decode_trunk(encoded)
+
+                def decode(h: object) -> object:
+                    return model.decode_head(h, encoded)
             for m in decoder_drops:
                 m.train()
             used: set[nn.Module] = set()
@@ -300,8 +313,7 @@ def _decoder_mc_passes(
                             torch.manual_seed(generator_seed + t)
                             states.append(rng[0]())
                         with _per_sample_dropout(decoder_drops, states, batch, rng):
-                            lg, lv = _split_output(model.decode(_repeat_batch(features,
-                                                                              len(ts))))
+                            lg, lv = _split_output(decode(_repeat_batch(features, len(ts))))
                         lgs.append(lg.reshape(len(ts), batch, *lg.shape[1:]))
                         lvs.append(None if lv is None else
                                    lv.reshape(len(ts), batch, *lv.shape[1:]))
@@ -311,7 +323,7 @@ def _decoder_mc_passes(
                     lgs, lvs = [], []
                     for t in range(n_samples):
                         torch.manual_seed(generator_seed + t)
-                        lg, lv = _split_output(model.decode(features))
+                        lg, lv = _split_output(decode(features))
                         lgs.append(lg)
                         lvs.append(lv)
                     logits = torch.stack(lgs)
