@@ -522,9 +522,10 @@ def tables(s: dict, a: argparse.Namespace) -> str:
                       f"{a.timing_repeats}): single pass {t['dropout_decoder/none']:.3f} s, "
                       f"MC full {t['dropout_decoder/mc']:.3f} s, MC decoder-only "
                       f"{t['dropout_decoder/mc_decoder']:.3f} s (T = {a.samples}, the same "
-                      f"decoder-dropout model). The two draw different dropout masks for the "
-                      f"same seed (max |p_mc - p_mc_decoder| = "
-                      f"{t['dropout_decoder/max_abs_diff_mc_vs_mc_decoder']:.2f} on one case)."]
+                      f"decoder-dropout model). At one seed the two draw the same dropout "
+                      f"masks (max |p_mc - p_mc_decoder| = "
+                      f"{t['dropout_decoder/max_abs_diff_mc_vs_mc_decoder']:.2g} on one case: "
+                      f"batched against unbatched rounding)."]
     return "\n".join(lines) + "\n"
 
 
