@@ -42,6 +42,10 @@ def test_folds_choose_postprocess_and_predict_uses_it(tmp_path):
                  "--patch-size", "48", "48", "--device", "cpu",
                  "--set", "model.options.channels=[4,8]",
                  "--set", "instance.boundary_width=1"]) == 0
+    # the end of train --folds chose the parameters on the out-of-fold predictions already
+    auto = read_postprocess(model)
+    assert auto is not None
+    assert json.loads((model / "postprocess.json").read_text())["n_cases"] == 4
     grid = {"seed_threshold": (0.3, 0.5), "min_size": (0, 10)}
     lines: list[str] = []
     report = tune_postprocess_on_folds(model, grid, device="cpu", log=lines.append)

@@ -360,6 +360,11 @@ class Task(ABC):
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
         """Score predictions against references; returns ``{"files": [...], ...}``."""
 
+    def after_folds(self, folder: Path, cfg: ExperimentConfig, log: Log) -> None:
+        """Called once a K-fold model folder is complete (its ``plan.json`` lists the folds):
+        a task may choose settings on the out-of-fold predictions here. Default: nothing."""
+        return None
+
     def calibration_set_from(self, folder: Any, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,
                              ids: Sequence[str] | None = None) -> Any:

@@ -394,6 +394,11 @@ class InstanceTask(SegmentationTask):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=False))
         return super().prepare(cfg, log)
 
+    def after_folds(self, folder: Path, cfg: ExperimentConfig, log: Log) -> None:
+        """Choose the watershed parameters on the folds' out-of-fold predictions
+        (:func:`tune_postprocess_on_folds`; ``postprocess.json``, used by predict)."""
+        tune_postprocess_on_folds(folder, device=cfg.train.device, log=log)
+
     def plan_entries(self, cfg: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
         return {**super().plan_entries(cfg, data),
                 "instance": {"boundary_width": cfg.instance.boundary_width,

@@ -346,6 +346,10 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
             say(f"out-of-fold estimate over {n} folds: {report}")
         write_plan(plan, out)
         say(f"{'cross-validation' if folds else 'ensemble'} of {n} written to {out}")
+        if folds:
+            from medseg.tasks import get_task
+
+            get_task(cfg.task).after_folds(out, cfg, say)
         if not folds and cfg.train.calibrate and first.plan.val_ids:
             _calibrate_ensemble(cfg, out, first.plan.val_ids, say)
     else:
