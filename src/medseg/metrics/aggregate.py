@@ -104,11 +104,16 @@ def summarize(
     }
 
 
-def _jsonable(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON values: mappings with text keys, lists (from tuples and arrays),
+    Python bools / ints / floats from their NumPy kinds, and ``None`` for NaN and infinities
+    (which strict JSON cannot hold). The one sanitiser of every ``*.json`` medseg writes."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -176,7 +181,7 @@ def write_metrics(
         policy = summary.get("policy")
     pol = policy.to_dict() if isinstance(policy, EmptyPolicy) else policy
     doc = {"policy": pol, "cases": list(case_results), "summary": summary}
-    return write_metrics_pair(out, _jsonable(doc), metrics_csv_text(case_results))
+    return write_metrics_pair(out, json_safe(doc), metrics_csv_text(case_results))
 
 
 def write_metrics_pair(out_dir: str | Path, doc: dict[str, Any], csv_text: str

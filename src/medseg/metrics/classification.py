@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.metrics.aggregate import json_safe
 from medseg.metrics.calibration import classification_calibration
 
 MISSING = -1
@@ -393,7 +394,7 @@ def evaluate_classification(
         "per_class": per_class,
         "macro": macro,
         "confusion": confusion,
-        "calibration": _jsonable(classification_calibration(p, y, task, names)),
+        "calibration": json_safe(classification_calibration(p, y, task, names)),
     }
     if n_boot > 0 and n > 0:
         strat = y if (stratified and task == "single") else None
@@ -464,7 +465,7 @@ def write_classification_metrics(
     """
     from medseg.metrics.aggregate import write_metrics_pair
 
-    doc = {"summary": _jsonable(result), "cases": [_jsonable(dict(r)) for r in per_case_rows]}
+    doc = {"summary": json_safe(result), "cases": [json_safe(dict(r)) for r in per_case_rows]}
     cols: list[str] = []
     for r in per_case_rows:
         cols.extend(k for k in r if k not in cols)
@@ -472,19 +473,5 @@ def write_classification_metrics(
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     for r in per_case_rows:
-        writer.writerow({k: ("" if _jsonable(v) is None else v) for k, v in r.items()})
+        writer.writerow({k: ("" if json_safe(v) is None else v) for k, v in r.items()})
     return write_metrics_pair(out_dir, doc, buf.getvalue())
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.integer | bool):
-        return int(x) if not isinstance(x, bool) else x
-    if isinstance(x, float | np.floating):
-        return None if math.isnan(float(x)) or math.isinf(float(x)) else float(x)
-    return x

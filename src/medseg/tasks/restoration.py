@@ -37,7 +37,7 @@ from medseg.losses.restoration import (
     restoration_nll,
     to_network,
 )
-from medseg.metrics.aggregate import write_metrics_pair
+from medseg.metrics.aggregate import json_safe, write_metrics_pair
 from medseg.metrics.image_quality import psnr, ssim
 from medseg.model_folder import ModelFolder, Plan
 from medseg.physics.restoration_data import NoiseParams, read_restoration_json
@@ -355,15 +355,6 @@ def _ref_folders(ref: Path) -> tuple[Path, Path | None, NoiseParams | None]:
     return ref, noisy if noisy.is_dir() else None, None
 
 
-def _finite(o: object) -> object:
-    """Non-finite floats -> ``None`` (strict JSON; PSNR of identical images is infinite)."""
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_finite(v) for v in o]
-    return None if isinstance(o, float) and not math.isfinite(o) else o
-
-
 def _record_cases(rec: dict, pred_dir: Path, rec_path: Path, allow_outside_root: bool
                   ) -> list[tuple[str, Path]]:
     """``(case id, prediction file)`` of each ``restoration.json`` entry, checked.
@@ -467,7 +458,7 @@ def evaluate_restoration(pred: str | Path, ref: str | Path, output: str | Path,
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k) for k in ["id", *keys]})
-    json_path, csv_path = write_metrics_pair(out, _finite(result), buf.getvalue())
+    json_path, csv_path = write_metrics_pair(out, json_safe(result), buf.getvalue())
     log("  ".join(f"{k}={v:.4f}" for k, v in mean.items()) + f"  ({len(rows)} cases)")
     return {"result": result, "files": [json_path, csv_path]}
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medseg.io.atomic import atomic_write_text
+from medseg.metrics.aggregate import json_safe
 
 OOF_NAME = "oof.json"
 
@@ -83,7 +84,7 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
     res = evaluate_classification(probs, labels, task, names, n_boot=1000, seed=0)
     atomic_write_text(out / "oof_metrics.json", json.dumps(
         {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
-         "n_cases": len(rows), **_plain(res)}, indent=2))
+         "n_cases": len(rows), **json_safe(res)}, indent=2))
     kind = "softmax" if single else "sigmoid"
     z, y = observed_elements(logits, torch.from_numpy(labels), kind=kind)
     doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
@@ -134,7 +135,7 @@ def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
            "temperature scaling", "n_cases": int(len(labels)),
            "thresholds": {n: c["threshold"] for n, c in chosen.items()},
            "operating_points": chosen}
-    atomic_write_text(out / "decision.json", json.dumps(_plain(doc), indent=2))
+    atomic_write_text(out / "decision.json", json.dumps(json_safe(doc), indent=2))
     return doc
 
 
@@ -155,20 +156,6 @@ def _per_case(out: Path, rows: list[dict[str, Any]]) -> str:
     atomic_write_text(out / "oof_metrics.json", json.dumps(
         {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
          "n_cases": len(rows), "interval": "95% percentile bootstrap over cases (1000)",
-         "per_class": _plain(summary)}, indent=2))
+         "per_class": json_safe(summary)}, indent=2))
     return ", ".join(f"{k[5:]} {s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
                      for k, s in summary.items() if s["mean"] is not None)
-
-
-def _plain(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_plain(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _plain(o.tolist())
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, float | np.floating):
-        return None if not math.isfinite(float(o)) else float(o)
-    return o
