@@ -14,7 +14,6 @@ Markdown table (how the issue's closing note lists them).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import pydicom
 import pytest
 import torch
 
+from folder_state import folder_state
 from medseg.cli import main
 from medseg.io import ImageMeta, write_dicom_series
 
@@ -43,19 +43,6 @@ class Case:
     argv: list[str]
     names: str
     watch: Path
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        key = str(p.relative_to(root))
-        if p.is_symlink():
-            out[key] = "link:" + os.readlink(p)
-        elif p.is_file():
-            out[key] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[key] = "dir"
-    return out
 
 
 def _model(t: Path) -> Path:
@@ -286,7 +273,7 @@ def _check(name: str, code: int, err: str, case: Case, before: dict, fragment: s
     assert "Traceback" not in line and "internal error" not in line, f"{name}: {line}"
     assert case.names in line, f"{name}: the line does not name {case.names}: {line}"
     assert fragment.lower() in line.lower(), f"{name}: {fragment!r} not in {line}"
-    assert _hashes(case.watch) == before, f"{name}: the input folder changed"
+    assert folder_state(case.watch) == before, f"{name}: the input folder changed"
     return line
 
 
@@ -301,7 +288,7 @@ def _record(name: str, line: str) -> None:
 def test_bad_input_is_one_line_exit_2_and_nothing_changes(name, tmp_path, capsys):
     build, fragment = CASES[name]
     case = build(tmp_path)
-    before = _hashes(case.watch)
+    before = folder_state(case.watch)
     capsys.readouterr()
     code = main(case.argv)
     out = capsys.readouterr()
@@ -316,7 +303,7 @@ def test_bad_input_through_the_installed_command(name, tmp_path):
         pytest.skip(f"no medseg console script beside {sys.executable} (pip install -e .)")
     build, fragment = CASES[name]
     case = build(tmp_path)
-    before = _hashes(case.watch)
+    before = folder_state(case.watch)
     env = {k: v for k, v in os.environ.items() if k not in ("MEDSEG_DEBUG",)}
     res = subprocess.run([str(exe), *case.argv], capture_output=True, text=True, timeout=300,
                          env=env)

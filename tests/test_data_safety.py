@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from folder_state import folder_state
 from medseg.cli import main
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_v1" / "segmentation"
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture()
@@ -32,11 +28,11 @@ def _predict(inp: Path, out: Path, *extra: str) -> int:
 
 
 def test_predict_never_replaces_references_unless_asked(data, capsys):
-    before = _hashes(data)
+    before = folder_state(data)
     assert _predict(data / "imagesTs", data / "labelsTs") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "labelsTs: the output folder is not empty" in err[0]
-    assert "--overwrite" in err[0] and _hashes(data) == before
+    assert "--overwrite" in err[0] and folder_state(data) == before
     assert _predict(data / "imagesTs", data / "labelsTs", "--overwrite") == 0  # asked for
 
 
@@ -44,20 +40,20 @@ def test_predict_never_replaces_references_unless_asked(data, capsys):
 def test_predict_never_writes_where_its_inputs_are(data, where, capsys):
     out = {"input": data / "imagesTs", "below": data / "imagesTs" / "pred",
            "above": data}[where]
-    before = _hashes(data)
+    before = folder_state(data)
     for extra in ([], ["--overwrite"]):
         assert _predict(data / "imagesTs", out, *extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and ("holds" in err[0] or "inputs" in err[0]), err
-    assert _hashes(data) == before
+    assert folder_state(data) == before
 
 
 def test_predict_a_single_file_into_its_own_folder_is_refused(data, capsys):
-    before = _hashes(data)
+    before = folder_state(data)
     f = data / "imagesTs" / "case_002_0000.nii.gz"
     assert _predict(f, data / "imagesTs", "--overwrite") == 2
     assert "holds input files" in capsys.readouterr().err
-    assert _hashes(data) == before
+    assert folder_state(data) == before
 
 
 def test_train_refuses_a_folder_of_other_files(data, tmp_path, capsys):
@@ -65,13 +61,13 @@ def test_train_refuses_a_folder_of_other_files(data, tmp_path, capsys):
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
     (mine / "config.yaml").write_text("my own config")
-    before = _hashes(mine)
+    before = folder_state(mine)
     rc = main(["train", "--dataset", str(data), "--output", str(mine), "--epochs", "1",
                "--steps-per-epoch", "1", "--batch-size", "1", "--patch-size", "32", "32",
                "--device", "cpu", "--set", "model.options.channels=[4,8]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a medseg model folder" in err[0]
-    assert "notes.txt" in err[0] and _hashes(mine) == before
+    assert "notes.txt" in err[0] and folder_state(mine) == before
 
 
 def test_demo_force_removes_only_what_the_demo_wrote(tmp_path, monkeypatch):
@@ -139,7 +135,6 @@ def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_the_old_file(
 
 
 def test_metrics_json_and_csv_never_disagree_after_a_crash(tmp_path, monkeypatch):
-    import hashlib
     import json
 
     from medseg.metrics import aggregate

@@ -8,7 +8,6 @@ same before and after.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from folder_state import folder_state
 from medseg.data import load_classification_csv, load_medmnist_npz, load_msd_folder, open_dataset
 from medseg.data.classification import open_classification
 from medseg.data.layouts import load_label_table
@@ -34,22 +34,11 @@ OUTSIDE_HINT = ("list the file relative to the dataset folder and keep it inside
                 "table")
 
 
-def folder_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_symlink():
-            h.update(os.readlink(p).encode())
-        elif p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def refused(fn, *args, folder: Path, **kw) -> str:
-    before = folder_hash(folder)
+    before = folder_state(folder)
     with pytest.raises(InputError) as info:
         fn(*args, **kw)
-    assert folder_hash(folder) == before
+    assert folder_state(folder) == before
     msg = str(info.value)
     assert "\n" not in msg
     return msg

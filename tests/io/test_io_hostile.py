@@ -8,7 +8,6 @@ hashed before and after to show nothing was changed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 import threading
@@ -22,6 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from folder_state import folder_state
 from medseg.errors import ConfigError, InputError
 from medseg.io import ImageMeta, read_dicom_series, read_image, read_label, write_dicom_series
 from medseg.io.limits import ENV_MAX_IMAGE_BYTES, max_image_bytes
@@ -30,26 +30,14 @@ SPACING_HINT = ("fix the voxel size in the header (positive, finite, at most 100
                 "re-exporting the image")
 
 
-def folder_hash(folder: Path) -> str:
-    """SHA-256 over every file name and content below ``folder`` (links not followed)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_symlink():
-            h.update(os.readlink(p).encode())
-        elif p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def refused(path, reader=read_image) -> str:
     """The message of the InputError ``reader(path)`` raises; the folder must be unchanged."""
     folder = Path(path if not isinstance(path, list | tuple) else path[0])
     folder = folder if folder.is_dir() else folder.parent
-    before = folder_hash(folder)
+    before = folder_state(folder)
     with pytest.raises(InputError) as info:
         reader(path)
-    assert folder_hash(folder) == before
+    assert folder_state(folder) == before
     msg = str(info.value)
     assert "\n" not in msg
     return msg
