@@ -66,7 +66,8 @@ def measure(model: SegmentationModel, images: list[Path], pixels: dict, masks_di
         hc_pred = e.circumference(px) if e is not None else float("nan")
         row = {"image": img_path.name, "pixel_mm": px, "hc_ref_mm": hc_ref,
                "hc_pred_mm": hc_pred,
-               "hc_abs_err_mm": abs(hc_pred - hc_ref) if hc_ref is not None else float("nan")}
+               "hc_abs_err_mm": abs(hc_pred - hc_ref) if hc_ref is not None else float("nan"),
+               "hc_err_mm": hc_pred - hc_ref if hc_ref is not None else float("nan")}
         if masks_dir is not None and (masks_dir / img_path.name).exists():
             ref, _ = read_label(masks_dir / img_path.name)
             row["dice"] = dice(pred > 0, ref > 0)
@@ -87,7 +88,8 @@ def summarize(rows: list[dict]) -> dict:
         return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()),
                 "n": int(v.size)}
 
-    out = {"n_images": len(rows), "dice": stats("dice"), "hc_abs_err_mm": stats("hc_abs_err_mm")}
+    out = {"n_images": len(rows), "dice": stats("dice"), "hc_abs_err_mm": stats("hc_abs_err_mm"),
+           "hc_signed_err_mm (bias)": stats("hc_err_mm")}
     ref_err = [abs(r["hc_refmask_mm"] - r["hc_ref_mm"]) for r in rows
                if r.get("hc_refmask_mm") is not None and r["hc_ref_mm"] is not None]
     if ref_err:

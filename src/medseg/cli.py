@@ -261,6 +261,9 @@ def _add_data_commands(sub: Any) -> None:
     c.add_argument("--output", required=True, help="new folder for the filled masks")
     c.add_argument("--suffix", default="_Annotation",
                    help="suffix of outline names, removed from the mask names")
+    c.add_argument("--boundary", choices=("centre", "outer"), default="centre",
+                   help="mask edge at the middle of the drawn line (default; what a perimeter "
+                        "such as the head circumference is defined on) or outside it")
 
     r = sub.add_parser("restoration-data",
                        help="write a phantom denoising dataset (noisy input / target pairs)",

@@ -199,7 +199,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 def cmd_convert_outlines(a: argparse.Namespace) -> int:
     from medseg.data.convert import fill_outline_masks
 
-    report = fill_outline_masks(a.input, a.output, suffix=a.suffix)
+    report = fill_outline_masks(a.input, a.output, suffix=a.suffix, boundary=a.boundary)
     print(report if isinstance(report, str) else f"filled masks written to {a.output}: {report}")
     return 0
 
