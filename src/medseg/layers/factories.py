@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+from medseg.layers.pointwise import PATCH_TRANSPOSE, POINTWISE
+
+# subclasses of nn.Conv*d / nn.ConvTranspose*d whose 1x1 and kernel = stride cases run as matrix
+# products (same parameters and results, faster on CPU; see medseg.layers.pointwise)
+_CONV = POINTWISE
+_CONVT = PATCH_TRANSPOSE
 _DROP = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
@@ -24,12 +28,13 @@ def _check(spatial_dims: int) -> int:
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
-    """``nn.Conv{1,2,3}d``."""
+    """``nn.Conv{1,2,3}d`` (a subclass whose 1x1 case is a matrix product)."""
     return _CONV[_check(spatial_dims)]
 
 
 def conv_transpose_nd(spatial_dims: int) -> type[nn.Module]:
-    """``nn.ConvTranspose{1,2,3}d``."""
+    """``nn.ConvTranspose{1,2,3}d`` (a subclass whose kernel = stride case is a matrix
+    product)."""
     return _CONVT[_check(spatial_dims)]
 
 
