@@ -14,8 +14,9 @@ Implementations: ``monai`` (``monai.networks.nets.UNet`` at the same architectur
 the ``monai-fullres`` construction of ``bench_unet.py``: strides (1, 2, 2, 2), two residual
 units, instance norm, LeakyReLU, fp32), ``medseg-fp32``, ``medseg-fp32-cl`` (channels-last),
 ``medseg-bf16`` (bf16 autocast) and ``medseg-bf16-cl`` (bf16 + channels-last; the ``best``
-setting where it is fastest). ``--compile`` adds ``medseg-bf16-compile`` and reports its
-warm-up (first-call) time.
+setting where it is fastest). ``--compile`` adds ``medseg-bf16-compile`` and
+``medseg-bf16-cl-compile`` (``torch.compile``, inductor) and reports their warm-up (first-call)
+time; ``--impls`` / ``--sw-impls`` pick implementations.
 
 Timing: every implementation is built once in this process, then the repeats run
 **interleaved** (round-robin: one run of each implementation, then the next round), so a
@@ -77,6 +78,7 @@ MEDSEG = {  # name -> (precision, channels-last, compile)
     "medseg-bf16": ("bf16", False, False),
     "medseg-bf16-cl": ("bf16", True, False),
     "medseg-bf16-compile": ("bf16", False, True),
+    "medseg-bf16-cl-compile": ("bf16", True, True),
 }
 DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", Path(__file__).resolve().parents[2]
                            / "shared" / "data"))
@@ -356,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="add medseg-bf16-compile")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory processes")
     parser.add_argument("--no-timing", action="store_true", help="only the memory processes")
+    parser.add_argument("--impls", nargs="+", default=None,
+                        help="implementations of the training cases (default: all but the "
+                             "compiled ones; --compile adds those)")
     parser.add_argument("--sw-impls", nargs="+", default=None,
                         help="implementations of the sliding-window case (default: monai, "
                              "medseg-fp32, medseg-bf16, medseg-bf16-cl)")
@@ -402,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             impls = [i for i in impls if i != "medseg-fp32-cl"]
             if args.sw_impls:
                 impls = [i for i in args.sw_impls if i in impls]
+        elif args.impls:
+            impls = [i for i in args.impls if i in impls]
         print(f"\n{header}\n{'-' * len(header)}", flush=True)
         outputs: dict[str, Any] = {}
         res: dict[str, dict[str, Any]] = {i: {} for i in impls}

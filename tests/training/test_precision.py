@@ -143,7 +143,7 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(flags: str, expected: bool) -> N
 
 
 def test_channels_last_settings_and_layout() -> None:
-    assert use_channels_last("auto", 3, "bf16") is True
+    assert use_channels_last("auto", 3, "bf16") is False  # measured slower (see docstring)
     assert use_channels_last("auto", 2, "fp32") is False
     assert use_channels_last(True, 2, "fp32") is True
     with pytest.raises(ValueError):

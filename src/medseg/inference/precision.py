@@ -55,17 +55,19 @@ def use_channels_last(setting: bool | str, spatial_dims: int, precision: str) ->
     """Resolve a ``channels_last`` setting (``True``, ``False`` or ``"auto"``).
 
     ``auto`` follows what was measured on a 2-thread AVX-512-BF16 CPU
-    (``benchmarks/bench_precision.py``, ``benchmarks/RESULTS.md``): channels-last-3d is on for
-    3D networks (bf16 sliding window 1.45x faster; the 3D training step from 1% slower to 5%
-    faster in bf16 across runs, 6% faster in fp32 in issue 11), and off in 2D, where it made
-    the bf16 training step 20% slower (and the fp32 step 14% slower in issue 11).
-    ``precision`` is accepted so that the rule can depend on it; today it does not.
+    (``benchmarks/bench_precision.py``, ``benchmarks/RESULTS.md``, quiet machine, 2026-12-06):
+    it is **off**. Since 1x1 convolutions and the U-Net's upsampling run as matrix products on
+    contiguous (channels-first) tensors (:mod:`medseg.layers.pointwise`), channels-last made
+    every bf16 case slower: the 3D training step 13%, the 2D step 13%, the 3D sliding window
+    2%. (Before that change it sped up the 3D sliding window in bf16, and ``auto`` was on for
+    3D.) ``spatial_dims`` and ``precision`` are accepted so that the rule can depend on them
+    (e.g. on a GPU, where it was not measured); today it does not.
     """
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
         raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
-    return spatial_dims == 3
+    return False
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:
@@ -129,7 +131,9 @@ def maybe_compile(model: nn.Module, enabled: bool, what: str = "the network") ->
     if not enabled:
         return model
     try:
-        compiled = torch.compile(model)
+        # static shapes: a new shape (the last, smaller window batch; a validation case) is
+        # compiled on its own; the dynamic-shape recompile failed in inductor on torch 2.13
+        compiled = torch.compile(model, dynamic=False)
     except Exception as e:  # e.g. torch.compile unsupported on this Python
         warnings.warn(f"torch.compile is unavailable for {what} ({type(e).__name__}: "
                       f"{str(e)[:160]}); running eagerly", RuntimeWarning, stacklevel=2)

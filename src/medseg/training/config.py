@@ -219,7 +219,7 @@ class TrainConfig:
             ``"fp16"``. Losses, softmax and metrics stay float32. The resolved choice is
             printed and recorded in ``plan.json`` (``train_precision``).
         channels_last: Channels-last memory layout of weights and patches: ``true``,
-            ``false`` or ``"auto"`` (on for 3D, off for 2D, as measured in
+            ``false`` or ``"auto"`` (off: slower in every case measured in
             ``benchmarks/RESULTS.md``).
         compile: Run the network through ``torch.compile`` (a warm-up cost at the first
             step; eager with a warning where the compiler fails).
@@ -321,7 +321,7 @@ class InferenceConfig:
         precision: Arithmetic of prediction, independent of training's (``"auto"``,
             ``"fp32"``, ``"bf16"``, ``"fp16"``; see ``train.precision``); resolved on the
             device that predicts. The stitching accumulator stays float32.
-        channels_last: ``true``, ``false`` or ``"auto"`` (on for 3D, off for 2D).
+        channels_last: ``true``, ``false`` or ``"auto"`` (off: slower in every case measured).
         compile: ``torch.compile`` the network for prediction.
         skip_background: Do not run windows lying entirely in background (CT: every voxel
             at or below -900 HU; other modalities: every voxel at the image's minimum; see
