@@ -9,6 +9,11 @@ Usage (from the repository root, after ``make env``)::
         --images OTHER/images --csv OTHER/pixel_size_and_hc.csv \\
         [--annotations OTHER/annotations] --out runs/hc18_other
 
+    # the validation subjects again, with flip TTA
+    .venv/bin/python examples/hc18/run_hc18.py --model runs/hc18/model --validation --tta \
+        --images ../shared/data/us_hc18/images --csv ../shared/data/us_hc18/pixel_size_and_hc.csv \
+        --annotations ../shared/data/us_hc18/annotations --out runs/hc18_tta
+
 The data folder holds ``images/*.png``, ``annotations/*_Annotation.png`` (ellipse outlines) and
 ``pixel_size_and_hc.csv`` (``filename, pixel size(mm), head circumference (mm)``). HC is measured
 by fitting an ellipse to the predicted mask (second moments of its largest component) and
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", help="with --model: pixel size / HC CSV of those images")
     ap.add_argument("--annotations", help="with --model: outline annotations for Dice")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--validation", action="store_true",
+                    help="with --model: only the images the model held out for validation "
+                         "(its plan.json's val_ids), e.g. to rescore them with --tta")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         if not a.images or not a.csv:
             ap.error("--model needs --images and --csv")
         images = sorted(Path(a.images).glob("*.png"))
+        if a.validation:
+            val = set(json.loads((model_dir / "plan.json").read_text())["val_ids"])
+            images = [p for p in images if p.stem in val]
         pixels = read_pixel_csv(Path(a.csv))
         masks_dir = None
         if a.annotations:
             masks_dir = out / "masks"
             if not masks_dir.exists():
                 print(fill_outline_masks(a.annotations, masks_dir, suffix="_Annotation"))
-        split = f"images in {a.images}"
+        split = (f"validation images (of the model) in {a.images}" if a.validation
+                 else f"images in {a.images}")
         train_minutes = 0.0
 
     model = SegmentationModel.load(model_dir)
