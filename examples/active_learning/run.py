@@ -45,7 +45,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,26 +52,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "uncertainty"))
 
-
-def medseg_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("medseg")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "medseg.cli"]
-
-
-def run(args: list[str], threads: int, log: Path) -> float:
-    """Run a medseg command with limited threads, output appended to ``log``; seconds taken."""
-    env = dict(os.environ)
-    if threads > 0:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write("$ medseg " + " ".join(args) + "\n")
-        f.flush()
-        r = subprocess.run(medseg_cmd() + args, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"medseg {' '.join(args)} failed (rc {r.returncode}); see {log}")
-    return time.perf_counter() - t0
+from study_utils import run_medseg  # noqa: E402  (the runner the uncertainty studies use)
 
 
 def link(src: Path, dst: Path) -> None:
@@ -96,11 +78,11 @@ class Phantoms:
                 name = f"snr{snr:g}-les{nl}"
                 ds = root / "groups" / name
                 if not (ds / "dataset.json").exists():
-                    run(["simulate", "--modality", "mr", "--dims", "2", "--n-train", str(per),
-                         "--n-test", "0", "--snr", str(snr), "--n-lesions", str(nl),
-                         "--lesion-fraction", str(a.lesion_fraction), "--size", str(a.size),
-                         "--seed", str(a.data_seed * 1000 + g), "--output", str(ds)],
-                        a.threads, log)
+                    run_medseg(["simulate", "--modality", "mr", "--dims", "2", "--n-train",
+                                str(per), "--n-test", "0", "--snr", str(snr), "--n-lesions",
+                                str(nl), "--lesion-fraction", str(a.lesion_fraction), "--size",
+                                str(a.size), "--seed", str(a.data_seed * 1000 + g), "--output",
+                                str(ds)], log, a.threads)
                 g += 1
                 for i in range(per):
                     cid = f"{name}-{i:03d}"
@@ -239,10 +221,10 @@ def select_bald(a, model_dir: Path, ds, unlabelled: list[str], work: Path, seed:
         with open(done, newline="") as f:
             return [r["case"] for r in csv.DictReader(f)]
     pool = ds.pool_folder(unlabelled, work / "pool")
-    run(["select", "--model", str(model_dir), "--pool", str(pool), "--n", str(a.k),
-         "--output", str(work / "select"), "--uncertainty", a.uncertainty,
-         "--samples", str(a.samples), "--seed", str(seed), "--by", a.by],
-        a.threads, work.parent / "commands.log")
+    run_medseg(["select", "--model", str(model_dir), "--pool", str(pool), "--n", str(a.k),
+                "--output", str(work / "select"), "--uncertainty", a.uncertainty,
+                "--samples", str(a.samples), "--seed", str(seed), "--by", a.by],
+               work.parent / "commands.log", a.threads)
     with open(work / "select" / "selection.csv", newline="") as f:
         chosen = [r["case"] for r in csv.DictReader(f)]
     if not a.keep_maps:  # the uncertainty maps of the pool are large; selection.csv stays

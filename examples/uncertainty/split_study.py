@@ -37,7 +37,6 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,34 +44,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_utils import run_medseg  # noqa: E402
+
 NOISE_FLAG = {"mr": "--snr", "us": "--looks", "ct": "--dose"}
 TERMS = {"aleatoric_entropy": "expected_entropy_image",
          "epistemic_mi": "mutual_information_image",
          "aleatoric_var": "aleatoric_variance_image",
          "epistemic_var": "epistemic_variance_image",
          "predictive_entropy": "predictive_entropy_image"}
-
-
-def medseg_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("medseg")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "medseg.cli"]
-
-
-def run(args: list[str], threads: int, log: Path) -> float:
-    """Run a medseg command (threads limited); append its output to ``log``; seconds taken."""
-    env = dict(os.environ)
-    if threads > 0:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write("$ medseg " + " ".join(args) + "\n")
-        f.flush()
-        r = subprocess.run(medseg_cmd() + args, stdout=f, stderr=subprocess.STDOUT, env=env)
-    dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"medseg {' '.join(args)} failed (rc {r.returncode}); see {log}")
-    print(f"  {dt:6.1f}s  medseg {' '.join(args[:2])} ...", flush=True)
-    return dt
 
 
 def simulate(a, out: Path, log: Path, *, n_train: int, n_test: int, level: float | None = None,
@@ -86,7 +67,7 @@ def simulate(a, out: Path, log: Path, *, n_train: int, n_test: int, level: float
     lvl = a.train_level if level is None else level
     if lvl is not None:
         args += [NOISE_FLAG[a.modality], str(lvl)]
-    run(args + (extra or []), a.threads, log)
+    run_medseg(args + (extra or []), log, a.threads)
     return out
 
 
@@ -106,7 +87,7 @@ def train(a, data: Path, out: Path, log: Path) -> Path:
         args += ["--set", "model.variance_head=true"]
     if not a.calibrate:
         args += ["--set", "train.calibrate=false"]
-    run(args, a.threads, log)
+    run_medseg(args, log, a.threads)
     return out
 
 
@@ -116,7 +97,7 @@ def predict(a, model: Path, images: Path, out: Path, log: Path) -> Path:
     args = ["predict", "--model", str(model), "--input", str(images), "--output", str(out),
             "--uncertainty", a.sampler, "--samples", str(a.samples),
             "--uncertainty-seed", str(a.seed)]
-    run(args, a.threads, log)
+    run_medseg(args, log, a.threads)
     return out
 
 

@@ -17,10 +17,17 @@ import numpy as np
 MEDSEG = str(Path(sys.executable).parent / "medseg")
 
 
+def medseg_cmd() -> list[str]:
+    """The ``medseg`` console script beside this interpreter, else ``python -m medseg.cli``."""
+    return [MEDSEG] if Path(MEDSEG).exists() else [sys.executable, "-m", "medseg.cli"]
+
+
 def run(cmd: list[str], log_path: Path, threads: int) -> float:
-    """Run a medseg command (torch limited to ``threads`` threads), its output appended to
-    ``log_path``; returns the wall time in seconds. Raises on a non-zero exit."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    """Run a command (torch limited to ``threads`` threads; ``<= 0``: not limited), its output
+    appended to ``log_path``; returns the wall time in seconds. Raises on a non-zero exit."""
+    env = dict(os.environ)
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     printable = " ".join(cmd).replace(MEDSEG, "medseg")
     print(f"$ {printable}", flush=True)
@@ -36,6 +43,11 @@ def run(cmd: list[str], log_path: Path, threads: int) -> float:
         tail = log_path.read_text().splitlines()[-15:]
         raise RuntimeError(f"command failed ({r.returncode}): {printable}\n" + "\n".join(tail))
     return dt
+
+
+def run_medseg(args: list[str], log_path: Path, threads: int) -> float:
+    """:func:`run` of ``medseg ARGS`` (see :func:`medseg_cmd`)."""
+    return run([*medseg_cmd(), *args], log_path, threads)
 
 
 class Timings:
