@@ -45,7 +45,12 @@ def test_legacy_folder_loads_and_predicts_the_same(task, tmp_path):
         if f.name.endswith((".nii.gz", ".png")):
             a, ma = read_image(f)
             b, mb = read_image(g)
-            assert np.array_equal(a, b), f.name
+            if "probabilities" in f.name or task == "restoration":
+                # float outputs: equal up to the summation order of the 1x1 head, which runs
+                # as a matrix product since the fixtures were written (layers/pointwise.py)
+                np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=f.name)
+            else:  # label maps: identical
+                assert np.array_equal(a, b), f.name
             assert np.allclose(ma.affine, mb.affine)
         elif f.name == "restoration.json":
             assert json.loads(g.read_text())["cases"][0]["prediction"] == \
