@@ -26,6 +26,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.instance.postprocess import PostprocessParams, probs_to_instance_map
 from medseg.io.atomic import atomic_write_text
+from medseg.io.paths import read_json_object
 from medseg.metrics.instance import iou_matrix, scores_at
 
 POSTPROCESS_NAME = "postprocess.json"
@@ -121,13 +122,14 @@ def read_postprocess(folder: str | Path) -> PostprocessParams | None:
     path = Path(folder) / POSTPROCESS_NAME
     if not path.is_file():
         return None
+    doc = read_json_object(path, "delete it (prediction then uses plan.json's "
+                                 "instance.postprocess)")
     try:
-        doc = json.loads(path.read_text())
         prm = PostprocessParams(**doc["params"])
         if not all(math.isfinite(float(v)) for v in (prm.seed_threshold, prm.fg_threshold,
                                                       prm.boundary_weight)):
             raise ValueError("not finite")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"postprocess.json is invalid ({type(e).__name__}: {e})", path,
                          "delete it (prediction then uses plan.json's instance.postprocess)"
                          ) from None

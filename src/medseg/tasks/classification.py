@@ -33,6 +33,7 @@ from medseg.data.classification import ClsDataset, load_images, open_classificat
 from medseg.errors import ConfigError, InputError
 from medseg.io import list_image_files, read_image
 from medseg.io.atomic import atomic_write_text
+from medseg.io.paths import read_json_object
 from medseg.losses import masked_bce_with_logits, masked_cross_entropy
 from medseg.metrics.classification import (
     classification_case_rows,
@@ -566,17 +567,15 @@ def read_decision(folder: Path) -> dict[str, Any]:
     Raises:
         InputError: unreadable or without thresholds.
     """
-    import json
-
     path = folder / "decision.json"
     if not path.is_file():
         return {}
+    doc = read_json_object(path, "delete it (predictions then use 0.5 / the most probable "
+                                 "class)")
     try:
-        doc = json.loads(path.read_text())
-        if not isinstance(doc, dict) or not all(isinstance(v, int | float) for v in
-                                                doc["thresholds"].values()):
+        if not all(isinstance(v, int | float) for v in doc["thresholds"].values()):
             raise ValueError("thresholds")
-    except (OSError, ValueError, KeyError, AttributeError) as e:
+    except (ValueError, KeyError, AttributeError) as e:
         raise InputError(f"decision.json is invalid ({type(e).__name__})", path,
                          "delete it (predictions then use 0.5 / the most probable class)"
                          ) from None
