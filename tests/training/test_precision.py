@@ -143,9 +143,15 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(flags: str, expected: bool) -> N
 
 
 def test_channels_last_settings_and_layout() -> None:
-    assert use_channels_last("auto", 3, "bf16") is False  # measured slower (see docstring)
-    assert use_channels_last("auto", 2, "fp32") is False
+    # auto: on for prediction on a CPU, off for training and on a GPU (see the docstring)
+    assert use_channels_last("auto", 3, "bf16") is False
+    assert use_channels_last("auto", 2, "fp32", training=True) is False
+    assert use_channels_last("auto", 3, "bf16", training=False) is True
+    assert use_channels_last("auto", 2, "fp32", training=False) is True
+    assert use_channels_last("auto", 1, "fp32", training=False) is False
+    assert use_channels_last("auto", 3, "bf16", training=False, device_type="cuda") is False
     assert use_channels_last(True, 2, "fp32") is True
+    assert use_channels_last(True, 1, "fp32") is False
     with pytest.raises(ValueError):
         use_channels_last("sometimes", 2, "fp32")
     x = to_channels_last(torch.randn(1, 2, 4, 4, 4))
@@ -269,6 +275,7 @@ def test_a_model_trained_in_one_precision_predicts_in_the_other(
     x = model.network_input(image, meta)[None]
     for precision in ("fp32", "bf16"):
         direct = predict_probs(model.model, x, tuple(plan["patch_size"]), precision=precision,
+                               channels_last=model.speed()["channels_last"],
                                output_device="cpu")[0]
         if precision == predicts:
             torch.testing.assert_close(got, direct, rtol=0, atol=1e-6)

@@ -51,23 +51,37 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
         yield
 
 
-def use_channels_last(setting: bool | str, spatial_dims: int, precision: str) -> bool:
+def use_channels_last(setting: bool | str, spatial_dims: int, precision: str, *,
+                      training: bool = True, device_type: str = "cpu") -> bool:
     """Resolve a ``channels_last`` setting (``True``, ``False`` or ``"auto"``).
 
     ``auto`` follows what was measured on a 2-thread AVX-512-BF16 CPU
-    (``benchmarks/bench_precision.py``, ``benchmarks/RESULTS.md``, quiet machine, 2026-12-06):
-    it is **off**. Since 1x1 convolutions and the U-Net's upsampling run as matrix products on
-    contiguous (channels-first) tensors (:mod:`medseg.layers.pointwise`), channels-last made
-    every bf16 case slower: the 3D training step 13%, the 2D step 13%, the 3D sliding window
-    2%. (Before that change it sped up the 3D sliding window in bf16, and ``auto`` was on for
-    3D.) ``spatial_dims`` and ``precision`` are accepted so that the rule can depend on them
-    (e.g. on a GPU, where it was not measured); today it does not.
+    (``benchmarks/bench_precision.py``, ``benchmarks/RESULTS.md``, 2026-12-06):
+
+    * **prediction on a CPU: on** (2D and 3D, fp32 and bf16). With instance norm kept
+      channels-last (:mod:`medseg.layers.norm`) the U-Net 16..256's forward pass ran 1.42x
+      faster in 3D bf16 (4x1x64^3 windows: 459 vs 650 ms), 1.60x in 3D fp32, 1.26x in 2D bf16
+      (4x1x256^2) and 1.53x in 2D fp32; the 160^3 sliding window 1.39x in bf16.
+    * **training: off.** The backward pass is slower channels-last (3D bf16 step 1.195 vs
+      0.794 s, 2D 1.419 vs 0.755 s).
+    * **on a GPU: off** (not measured here).
+
+    Args:
+        setting: ``True``, ``False`` or ``"auto"``.
+        spatial_dims: 1, 2 or 3 (1D tensors have no channels-last layout: always ``False``).
+        precision: The resolved precision (accepted so that the rule can depend on it; today
+            it does not).
+        training: Whether the layout is for training (forward and backward) or prediction.
+        device_type: ``"cpu"``, ``"cuda"``, ... where the network runs.
+
+    Raises:
+        ValueError: a setting other than ``True``, ``False`` or ``"auto"``.
     """
     if isinstance(setting, bool):
-        return setting
+        return setting and spatial_dims in (2, 3)
     if setting != "auto":
         raise ValueError(f"channels_last must be true, false or 'auto', got {setting!r}")
-    return False
+    return not training and device_type == "cpu" and spatial_dims in (2, 3)
 
 
 def memory_format(spatial_dims: int) -> torch.memory_format:

@@ -171,11 +171,13 @@ def predict_probs(
 
 
 def _weights_in(model: nn.Module, fmt: torch.memory_format) -> bool:
-    """Whether the first 4D / 5D weight of ``model`` is already in layout ``fmt``."""
-    for p in model.parameters():
-        if p.ndim == (4 if fmt == torch.channels_last else 5):
-            return p.is_contiguous(memory_format=fmt)
-    return True
+    """Whether every 4D / 5D weight of ``model`` is already in layout ``fmt``.
+
+    Every one, not the first: a first convolution with one input channel has a weight that is
+    contiguous in both layouts, and stopping there left the rest of the network channels-first.
+    """
+    nd = 4 if fmt == torch.channels_last else 5
+    return all(p.is_contiguous(memory_format=fmt) for p in model.parameters() if p.ndim == nd)
 
 
 def _num_outputs(model: nn.Module) -> int:

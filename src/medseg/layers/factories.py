@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from medseg.layers.norm import INSTANCE_NORM
 from medseg.layers.pointwise import PATCH_TRANSPOSE, POINTWISE
 
 # subclasses of nn.Conv*d / nn.ConvTranspose*d whose 1x1 and kernel = stride cases run as matrix
@@ -18,7 +19,8 @@ _DROP = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 _POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _AVGPOOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_IN = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+# instance norms that keep a channels-last input channels-last (medseg.layers.norm)
+_IN = INSTANCE_NORM
 
 
 def _check(spatial_dims: int) -> int:

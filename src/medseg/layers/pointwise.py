@@ -15,7 +15,9 @@ bf16 8% faster, forward 6%) and give the same result up to the summation order (
 and take the matrix-product path only where it is exact: kernel 1 (stride 1, no padding,
 dilation 1, one group) or kernel = stride (no padding, no output padding, dilation 1, one
 group), on a contiguous input, outside ONNX export (which keeps the standard operators);
-otherwise they call the parent's ``forward``.
+otherwise they call the parent's ``forward``. On a channels-last input that is the right call:
+oneDNN's channels-last kernels beat the product there (bf16, 2 threads: the 32 -> 16, 2x2x2
+upsampling of a 4x32x32^3 input 16.7 ms vs 29 ms, the 16 -> 2 head at 64^3 1.7 ms vs 6.7 ms).
 """
 
 from __future__ import annotations

@@ -355,8 +355,9 @@ def inference_speed(inf: dict[str, Any], device: torch.device, spatial_dims: int
     from an ``inference`` section (config or ``plan.json``), resolved for ``device``."""
     precision = resolve_precision(str(inf.get("precision", "auto")), device)
     return {"precision": precision,
-            "channels_last": use_channels_last(inf.get("channels_last", False), spatial_dims,
-                                               precision),
+            "channels_last": use_channels_last(inf.get("channels_last", "auto"), spatial_dims,
+                                               precision, training=False,
+                                               device_type=device.type),
             "compile": bool(inf.get("compile", False))}
 
 
@@ -639,6 +640,7 @@ class SegmentationModel:
         A plan written before these entries existed predicts in fp32, contiguous, eagerly."""
         inf = dict(self.info["inference"])
         inf.setdefault("precision", "fp32")
+        inf.setdefault("channels_last", False)
         if self.precision is not None:
             inf["precision"] = self.precision
         return inference_speed(inf, self.device, self.plan.spatial_dims)

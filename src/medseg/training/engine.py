@@ -490,7 +490,8 @@ class _Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         plan.entries["train_precision"] = self.precision
         self.channels_last = use_channels_last(cfg.train.channels_last, plan.spatial_dims,
-                                               self.precision) and plan.spatial_dims in (2, 3)
+                                               self.precision, training=True,
+                                               device_type=device.type)
         if self.channels_last:
             model_to_channels_last(self.model, plan.spatial_dims)
         say(f"  precision: {describe(self.precision, self.channels_last, cfg.train.compile)}"

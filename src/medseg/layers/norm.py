@@ -1,0 +1,58 @@
+"""Instance normalisation that keeps a channels-last tensor channels-last.
+
+``nn.InstanceNorm{2,3}d`` runs as a batch norm over the ``(1, B*C, *spatial)`` view of its input,
+so a channels-last input is first copied to the channels-first layout and the output comes back
+channels-first: in a channels-last 3D U-Net in bf16 these copies cost more than the
+convolutions gain from the layout (``benchmarks/RESULTS.md``, issue 11). Instance norm is group
+norm with one channel per group, and PyTorch's CPU group norm has a channels-last kernel (float
+statistics for bf16/fp16 inputs, output in the input's layout), so :class:`InstanceNorm2d` /
+:class:`InstanceNorm3d` call ``F.group_norm(x, C, weight, bias, eps)`` on a channels-last input
+and the parent's ``forward`` otherwise (same parameters and state-dict keys, ``isinstance``
+unchanged, the standard operator in ONNX export). Equal to ``F.instance_norm`` up to rounding
+(tested in float64, forward and ``gradcheck``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a ``(B, C, H, W)`` / ``(B, C, D, H, W)`` tensor is laid out channels-last (and
+    not also channels-first contiguous, as it is when ``C == 1`` or the spatial size is 1)."""
+    if x.ndim == 4:
+        fmt = torch.channels_last
+    elif x.ndim == 5:
+        fmt = torch.channels_last_3d
+    else:
+        return False
+    return x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+
+
+class _ChannelsLastMixin:
+    """``forward`` of an instance norm: group norm (one channel per group) on channels-last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if (not self.track_running_stats  # type: ignore[attr-defined]
+                and is_channels_last(x) and not torch.onnx.is_in_onnx_export()):
+            return F.group_norm(x, self.num_features, self.weight,  # type: ignore[attr-defined]
+                                self.bias, self.eps)  # type: ignore[attr-defined]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class InstanceNorm1d(_ChannelsLastMixin, nn.InstanceNorm1d):
+    """``nn.InstanceNorm1d`` (1D tensors have no channels-last layout: the parent's forward)."""
+
+
+class InstanceNorm2d(_ChannelsLastMixin, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` that keeps a channels-last input channels-last."""
+
+
+class InstanceNorm3d(_ChannelsLastMixin, nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last-3d input channels-last-3d."""
+
+
+#: ``INSTANCE_NORM[spatial_dims]``.
+INSTANCE_NORM = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
