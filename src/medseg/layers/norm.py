@@ -8,8 +8,10 @@ norm with one channel per group, and PyTorch's CPU group norm has a channels-las
 statistics for bf16/fp16 inputs, output in the input's layout), so :class:`InstanceNorm2d` /
 :class:`InstanceNorm3d` call ``F.group_norm(x, C, weight, bias, eps)`` on a channels-last input
 and the parent's ``forward`` otherwise (same parameters and state-dict keys, ``isinstance``
-unchanged, the standard operator in ONNX export). Equal to ``F.instance_norm`` up to rounding
-(tested in float64, forward and ``gradcheck``).
+unchanged, the standard operator in ONNX export). Where a gradient will flow back (training),
+the parent's path is kept: group norm's channels-last backward measured slower than the
+copies (3D U-Net bf16 channels-last training step 1.195 s vs 0.819 s). Equal to
+``F.instance_norm`` up to rounding (tested in float64).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _ChannelsLastMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if (not self.track_running_stats  # type: ignore[attr-defined]
+                and not (torch.is_grad_enabled() and x.requires_grad)
                 and is_channels_last(x) and not torch.onnx.is_in_onnx_export()):
             return F.group_norm(x, self.num_features, self.weight,  # type: ignore[attr-defined]
                                 self.bias, self.eps)  # type: ignore[attr-defined]
