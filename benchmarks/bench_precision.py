@@ -233,8 +233,10 @@ def agreement(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def phantom_training(steps_per_epoch: int, epochs: int, size: int) -> dict[str, Any]:
-    """Fixed-step 2D MR phantom training, fp32 vs bf16, same seed: held-out Dice."""
+def phantom_training(steps_per_epoch: int, epochs: int, size: int, dims: int = 2
+                     ) -> dict[str, Any]:
+    """Fixed-step MR phantom training, fp32 vs bf16, same seed: held-out Dice; and the label
+    maps of the fp32 model predicted in bf16 / channels-last against fp32 channels-first."""
     from medseg.io import read_image, read_label
     from medseg.metrics import dice
     from medseg.physics import PhantomSpec, write_phantom_dataset
@@ -243,44 +245,53 @@ def phantom_training(steps_per_epoch: int, epochs: int, size: int) -> dict[str, 
     from medseg.training.engine import train
 
     out: dict[str, Any] = {}
+    n_train, n_test, batch = (24, 8, 8) if dims == 2 else (16, 4, 2)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        write_phantom_dataset(data, PhantomSpec(shape=(size, size), modality="mr",
+        write_phantom_dataset(data, PhantomSpec(shape=(size,) * dims, modality="mr",
                                                 lesion_fraction=0.005),
-                              n_train=24, n_test=8, seed=0)
-        tests = sorted((data / "imagesTs").iterdir())
-        preds: dict[str, list[torch.Tensor]] = {}
+                              n_train=n_train, n_test=n_test, seed=0)
+        tests = [(read_image(f), read_label(data / "labelsTs" / f.name.replace("_0000", ""))[0])
+                 for f in sorted((data / "imagesTs").iterdir())]
+
+        def predict(model: SegmentationModel) -> tuple[list[torch.Tensor], float]:
+            preds, dices = [], []
+            for (img, meta), lab in tests:
+                pred = model.predict(img, meta).probs.argmax(0)
+                preds.append(pred)
+                for c in (1, 2):
+                    dices.append(dice(pred.numpy() == c, lab.reshape(pred.shape) == c))
+            return preds, float(sum(dices) / len(dices))
+
         for precision in ("fp32", "bf16"):
             cfg = ExperimentConfig()
             cfg.data.dataset = str(data)
             cfg.output_dir = str(Path(tmp) / f"model_{precision}")
             cfg.model.options = {"channels": [16, 32, 64, 128]}
-            cfg.train.batch_size, cfg.train.epochs = 8, epochs
+            cfg.train.batch_size, cfg.train.epochs = batch, epochs
             cfg.train.steps_per_epoch, cfg.train.val_every = steps_per_epoch, 0
             cfg.train.precision, cfg.train.seed = precision, 0
             cfg.train.calibrate = False
-            cfg.inference.precision = "fp32"
+            cfg.inference.precision, cfg.inference.channels_last = "fp32", False
             t0 = time.perf_counter()
             train(cfg, log=lambda _m: None)
             out[f"train_minutes_{precision}"] = (time.perf_counter() - t0) / 60
             model = SegmentationModel.load(cfg.output_dir, checkpoint="last", device="cpu")
-            dices, preds[precision] = [], []
-            for f in tests:
-                img, meta = read_image(f)
-                lab, _ = read_label(data / "labelsTs" / f.name.replace("_0000", ""))
-                pred = model.predict(img, meta).probs.argmax(0)
-                preds[precision].append(pred)
-                for c in (1, 2):
-                    dices.append(dice(pred.numpy() == c, lab.reshape(pred.shape) == c))
-            out[f"dice_{precision}"] = float(sum(dices) / len(dices))
-            if precision == "fp32":
-                model.precision = "bf16"
-                same = [float((model.predict(read_image(f)[0], read_image(f)[1]).probs.argmax(0)
-                               == p).double().mean()) for f, p in zip(tests, preds["fp32"],
-                                                                       strict=True)]
-                out["fp32_model_bf16_vs_fp32_identical_pct"] = 100 * sum(same) / len(same)
-        out["setting"] = (f"2D MR phantoms {size}^2, 24 train / 8 test, U-Net (16..128), "
-                          f"{epochs}x{steps_per_epoch} steps of batch 8, seed 0, last weights")
+            ref, out[f"dice_{precision}"] = predict(model)
+            if precision != "fp32":
+                continue
+            inf = model.info.entries["inference"]
+            for pred_precision, cl in (("fp32", True), ("bf16", False), ("bf16", True)):
+                model.precision, inf["channels_last"] = pred_precision, cl
+                preds, d = predict(model)
+                key = f"fp32_model_{pred_precision}{'_cl' if cl else ''}"
+                out[f"{key}_dice"] = d
+                same = [float((p == r).double().mean()) for p, r in zip(preds, ref, strict=True)]
+                out[f"{key}_vs_fp32_identical_pct"] = 100 * sum(same) / len(same)
+            model.precision, inf["channels_last"] = None, False
+        out["setting"] = (f"{dims}D MR phantoms {size}^{dims}, {n_train} train / {n_test} test, "
+                          f"U-Net (16..128), {epochs}x{steps_per_epoch} steps of batch {batch}, "
+                          f"seed 0, last weights")
     return out
 
 
@@ -370,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fp32 vs bf16 label maps on the sliding-window case")
     parser.add_argument("--phantom", action="store_true",
                         help="fixed-step phantom training fp32 vs bf16 (minutes)")
+    parser.add_argument("--phantom-dims", type=int, choices=(2, 3), default=2,
+                        help="2D (128^2) or 3D (48^3) phantoms for --phantom")
     parser.add_argument("--real-ct", action="store_true",
                         help="background-window skipping on the real CT volumes")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -438,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nsliding-window label maps, medseg bf16 vs fp32 (same network and volume): "
               + ", ".join(f"{k} {v:.4g}" for k, v in report["agreement"].items()), flush=True)
     if args.phantom:
-        report["phantom"] = phantom_training(*((4, 2, 64) if args.quick else (20, 8, 128)))
+        if args.phantom_dims == 2:
+            sizes = (4, 2, 64) if args.quick else (20, 8, 128)
+        else:
+            sizes = (2, 1, 32) if args.quick else (20, 6, 48)
+        report["phantom"] = phantom_training(*sizes, dims=args.phantom_dims)
         print(f"\nphantom training fp32 vs bf16: {report['phantom']}", flush=True)
     if args.real_ct:
         report["real_ct"] = real_ct(10 if args.quick else 60)
