@@ -17,7 +17,9 @@ Usage (from the repository root, after ``make env``)::
 The data folder holds ``images/*.png``, ``annotations/*_Annotation.png`` (ellipse outlines) and
 ``pixel_size_and_hc.csv`` (``filename, pixel size(mm), head circumference (mm)``). HC is measured
 by fitting an ellipse to the predicted mask (second moments of its largest component) and
-converting its Ramanujan perimeter to mm with the pixel size.
+converting its Ramanujan perimeter to mm with the pixel size. The mask written and scored is
+that filled ellipse (the reference outlines are ellipses; ``--raw-masks`` keeps the network's
+mask); ``dice_raw`` in the summary scores the network's mask either way.
 """
 
 from __future__ import annotations
@@ -56,19 +58,24 @@ def read_pixel_csv(path: Path) -> dict[str, tuple[float, float | None]]:
 
 
 def measure(model: SegmentationModel, images: list[Path], pixels: dict, masks_dir: Path | None,
-            pred_dir: Path, tta: bool) -> list[dict]:
+            pred_dir: Path, tta: bool, ellipse_masks: bool = True) -> list[dict]:
     """Predict each image, write the mask, and measure Dice (if a reference mask exists) and
-    HC (mm) of prediction and reference."""
+    HC (mm) of prediction and reference.
+
+    The head is measured by the ellipse fitted to the predicted mask; with ``ellipse_masks``
+    the mask written (and scored as ``dice``) is that filled ellipse, the shape the reference
+    annotations are drawn as, and ``dice_raw`` scores the network's own mask."""
     rows = []
     for i, img_path in enumerate(images):
         image, meta = read_image(img_path)
         probs = model.predict(image, meta, tta=tta).probs
-        pred = probs.argmax(0).numpy().astype(np.uint8)
-        write_label(pred_dir / img_path.name, pred, meta)
+        raw = probs.argmax(0).numpy().astype(np.uint8)
         stem = img_path.stem
         px, hc_ref = pixels.get(stem, (float("nan"), None))
-        e = fit_ellipse(pred > 0)
+        e = fit_ellipse(raw > 0)
         hc_pred = e.circumference(px) if e is not None else float("nan")
+        pred = e.mask(raw.shape).astype(np.uint8) if ellipse_masks and e is not None else raw
+        write_label(pred_dir / img_path.name, pred, meta)
         row = {"image": img_path.name, "pixel_mm": px, "hc_ref_mm": hc_ref,
                "hc_pred_mm": hc_pred,
                "hc_abs_err_mm": abs(hc_pred - hc_ref) if hc_ref is not None else float("nan"),
@@ -76,6 +83,7 @@ def measure(model: SegmentationModel, images: list[Path], pixels: dict, masks_di
         if masks_dir is not None and (masks_dir / img_path.name).exists():
             ref, _ = read_label(masks_dir / img_path.name)
             row["dice"] = dice(pred > 0, ref > 0)
+            row["dice_raw"] = dice(raw > 0, ref > 0)
             er = fit_ellipse(ref > 0)
             row["hc_refmask_mm"] = er.circumference(px) if er is not None else float("nan")
         rows.append(row)
@@ -93,7 +101,9 @@ def summarize(rows: list[dict]) -> dict:
         return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()),
                 "n": int(v.size)}
 
-    out = {"n_images": len(rows), "dice": stats("dice"), "hc_abs_err_mm": stats("hc_abs_err_mm"),
+    out = {"n_images": len(rows), "dice": stats("dice"),
+           "dice_raw (network mask, not the ellipse)": stats("dice_raw"),
+           "hc_abs_err_mm": stats("hc_abs_err_mm"),
            "hc_signed_err_mm (bias)": stats("hc_err_mm")}
     ref_err = [abs(r["hc_refmask_mm"] - r["hc_ref_mm"]) for r in rows
                if r.get("hc_refmask_mm") is not None and r["hc_ref_mm"] is not None]
@@ -123,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", help="with --model: pixel size / HC CSV of those images")
     ap.add_argument("--annotations", help="with --model: outline annotations for Dice")
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    ap.add_argument("--raw-masks", action="store_true",
+                    help="write and score the network's masks, not their fitted ellipses")
     ap.add_argument("--validation", action="store_true",
                     help="with --model: only the images the model held out for validation "
                          "(its plan.json's val_ids), e.g. to rescore them with --tta")
@@ -174,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = SegmentationModel.load(model_dir)
     print(f"predicting and measuring {len(images)} {split}")
-    rows = measure(model, images, pixels, masks_dir, out / "predictions", a.tta)
+    rows = measure(model, images, pixels, masks_dir, out / "predictions", a.tta,
+                   ellipse_masks=not a.raw_masks)
     summary = summarize(rows)
     summary.update({"split": split, "train_minutes": round(train_minutes, 1),
                     "model": str(model_dir)})

@@ -33,6 +33,7 @@ input folder is never written to.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from scipy import ndimage as ndi
 
 from medseg.errors import InputError
 from medseg.io.files import file_suffix
+from medseg.metrics.shape import ellipse_mask
 
 
 @dataclass
@@ -131,11 +133,8 @@ def rasterize_ellipse(shape: tuple[int, int], params: tuple[float, ...]) -> np.n
     :func:`fit_ellipse`.
     """
     xc, yc, a, b, theta = params
-    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
-    dx, dy = cols - xc, rows - yc
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
-    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    # theta from the x (column) axis is pi/2 - the angle from the row axis
+    return ellipse_mask(shape, (yc, xc), a, b, math.pi / 2 - theta)
 
 
 BOUNDARIES = ("centre", "outer")

@@ -37,6 +37,32 @@ class Ellipse:
         """Perimeter (Ramanujan II) in the unit of ``pixel_size`` (mm per pixel)."""
         return ellipse_circumference(self.semi_major, self.semi_minor) * pixel_size
 
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The filled ellipse on a ``shape`` grid: ``(H, W)`` bool, the pixels whose centres
+        lie inside it (boundary included)."""
+        return ellipse_mask(shape, self.center, self.semi_major, self.semi_minor, self.angle)
+
+
+def ellipse_mask(shape: tuple[int, int], center: tuple[float, float], a: float, b: float,
+                 angle: float) -> np.ndarray:
+    """Pixels of a ``shape`` grid whose centres lie inside an ellipse.
+
+    Args:
+        shape: ``(H, W)``.
+        center: ``(row, col)`` of the centre.
+        a: Semi-axis along ``angle``.
+        b: The other semi-axis.
+        angle: Direction of the ``a`` axis, radians from the row axis (towards the columns).
+
+    Returns:
+        ``(H, W)`` bool array.
+    """
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    dr, dc = rows - center[0], cols - center[1]
+    u = dr * math.cos(angle) + dc * math.sin(angle)
+    v = -dr * math.sin(angle) + dc * math.cos(angle)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
 
 def ellipse_circumference(a: float, b: float) -> float:
     """Ramanujan's second approximation of the perimeter of an ellipse with semi-axes a, b."""
