@@ -99,6 +99,7 @@ def test_predict_converts_a_network_whose_first_weight_is_layout_ambiguous():
     last_norm = [m for m in net.modules() if isinstance(m, nn.InstanceNorm3d)][-1]
     hook = last_norm.register_forward_pre_hook(lambda m, a: seen.append(is_channels_last(a[0])))
     img = torch.randn(1, 1, 20, 20, 20)
+    layout = [(p.data_ptr(), p.stride()) for p in net.parameters()]
     ref = predict_probs(net, img, 16, precision="fp32")
     assert seen and not any(seen)
     seen.clear()
@@ -106,4 +107,8 @@ def test_predict_converts_a_network_whose_first_weight_is_layout_ambiguous():
     hook.remove()
     assert seen and all(seen)  # the deepest layers ran channels-last too
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    assert _weights_in(net, torch.channels_last_3d) is False  # weights put back
+    assert _weights_in(net, torch.channels_last_3d) is False  # weights put back ...
+    # ... as the very tensors they were: converting back would change the strides of size-1
+    # axes (the first conv's input channel), and with them oneDNN's kernel choice, so a model
+    # validated channels-last during training did not resume bit-exactly
+    assert [(p.data_ptr(), p.stride()) for p in net.parameters()] == layout

@@ -132,6 +132,11 @@ def predict_probs(
     spatial_dims = image.ndim - 2
     channels_last = channels_last and spatial_dims in (2, 3)
     converted = channels_last and not _weights_in(model, memory_format(spatial_dims))
+    # the tensors the conversion replaces, put back afterwards as they were: converting back
+    # would leave other strides on size-1 axes (a 1-input-channel or 1x1 weight), on which
+    # oneDNN may pick another kernel, so a model in training would not continue bit-exactly
+    originals = [(t, t.data) for t in (*model.parameters(), *model.buffers())
+                 if t.ndim in (4, 5)] if converted else []
     if converted:
         model.to(memory_format=memory_format(spatial_dims))
     net = maybe_compile(model, compile, "prediction")
@@ -166,8 +171,8 @@ def predict_probs(
             )
     finally:
         model.train(was_training)
-        if converted:
-            model.to(memory_format=torch.contiguous_format)
+        for t, data in originals:
+            t.data = data
 
 
 def _weights_in(model: nn.Module, fmt: torch.memory_format) -> bool:
