@@ -15,6 +15,7 @@ from medseg.cli import _parser, main
 from medseg.model_folder import ModelFolder
 from medseg.tasks.classification import classifier_logits, preprocess_cls_images
 from medseg.training.calibration import read_temperature
+from medseg.training.device import resolve_precision
 from medseg.training.engine import train
 from medseg.workflows.commands import build_train_config
 
@@ -70,8 +71,20 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
                               ["a", "b", "c", "d"])
     t = read_temperature(out)
     nets, dev = folder.load_networks(device="cpu")
-    want = torch.stack([torch.softmax(classifier_logits(n, x, dev) / t, 1) for n in nets]).mean(0)
+    # predicted in the model's inference.precision (auto: bf16 on a CPU with native bf16)
+    auto = resolve_precision("auto", torch.device("cpu"))
+    want = torch.stack([torch.softmax(classifier_logits(n, x, dev, precision=auto) / t, 1)
+                        for n in nets]).mean(0)
     assert torch.allclose(got, want, atol=2e-6)
+    # --precision fp32 runs the networks in fp32
+    assert main(["predict", "--model", str(out), "--input", str(p), "--split", "test",
+                 "--output", str(tmp_path / "p32"), "--device", "cpu", "--precision",
+                 "fp32"]) == 0
+    got32 = torch.tensor([[float(r["p_0"]), float(r["p_1"])]
+                          for r in csv.DictReader(open(tmp_path / "p32" / "predictions.csv"))])
+    want32 = torch.stack([torch.softmax(classifier_logits(n, x, dev) / t, 1)
+                          for n in nets]).mean(0)
+    assert torch.allclose(got32, want32, atol=2e-6)
     # the operating point: Youden on the temperature-scaled out-of-fold probabilities
     from medseg.metrics.thresholds import choose_threshold
 

@@ -31,6 +31,7 @@ import torch
 
 from medseg.data.classification import ClsDataset, load_images, open_classification
 from medseg.errors import ConfigError, InputError
+from medseg.inference.precision import autocast
 from medseg.io import list_image_files, read_image
 from medseg.io.atomic import atomic_write_text
 from medseg.io.paths import read_json_object
@@ -68,6 +69,7 @@ from medseg.tasks.outputs import ClassProbs, MultiLabel
 from medseg.training.augmentation import make_image_augmenter
 from medseg.training.calibration import CalibrationSet, temper
 from medseg.training.config import ExperimentConfig
+from medseg.training.device import resolve_precision
 from medseg.uncertainty.calibration import observed_elements
 from medseg.uncertainty.decompose import heteroscedastic_ce
 
@@ -282,17 +284,25 @@ def tta_flip_axes(cfg: ExperimentConfig | None, spatial_dims: int) -> tuple[int,
     return tuple(range(spatial_dims)) if a.flip_axes is None else tuple(a.flip_axes)
 
 
-def tta_logits(model: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...], task: str
-               ) -> torch.Tensor:
+def _float_logits(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """``(B, K)`` float32 logits of ``model(x)`` run in ``precision`` (autocast); a variance
+    head's ``(logits, log_var)`` gives its logits."""
+    with autocast(precision, x.device):
+        out = model(x)
+    return (out[0] if isinstance(out, tuple) else out).float()
+
+
+def tta_logits(model: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...], task: str,
+               precision: str = "fp32") -> torch.Tensor:
     """Logits ``(B, K)`` of the flip-averaged probabilities of ``x`` ``(B, C, *spatial)``:
     ``log mean_g softmax(f(g x))`` (single) or ``logit mean_g sigmoid(f(g x))`` (multi) over
-    every combination of flips of ``axes`` (:func:`medseg.inference.tta.flip_tta`)."""
+    every combination of flips of ``axes`` (:func:`medseg.inference.tta.flip_tta`); the
+    network runs in ``precision``, the averaging in float32/64."""
     from medseg.inference.tta import flip_tta
 
     def predictor(image: torch.Tensor) -> torch.Tensor:
-        out = model(image)
-        out = out[0] if isinstance(out, tuple) else out
-        return out.float().reshape(*out.shape, *([1] * (image.ndim - 2)))
+        out = _float_logits(model, image, precision)
+        return out.reshape(*out.shape, *([1] * (image.ndim - 2)))
 
     act = "softmax" if task == "single" else "sigmoid"
     p = flip_tta(predictor, x, axes, act).reshape(len(x), -1).double()
@@ -303,10 +313,11 @@ def tta_logits(model: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...], t
 
 @torch.inference_mode()
 def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.device,
-                      batch_size: int = 64, tta: tuple[int, ...] = (), task: str = "single"
-                      ) -> torch.Tensor:
+                      batch_size: int = 64, tta: tuple[int, ...] = (), task: str = "single",
+                      precision: str = "fp32") -> torch.Tensor:
     """``(N, K)`` float32 logits of ``x`` ``(N, C, *spatial)`` on CPU (eval mode); with ``tta``
-    axes, those of the flip-averaged probabilities (:func:`tta_logits`)."""
+    axes, those of the flip-averaged probabilities (:func:`tta_logits`). ``precision``: the
+    network's arithmetic (``fp32``, ``bf16``, ``fp16`` autocast; resolved, not ``auto``)."""
     was = model.training
     model.eval()
     out = []
@@ -314,12 +325,9 @@ def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.devic
         for i in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
             if tta:
-                out.append(tta_logits(model, xb, tta, task).cpu())
+                out.append(tta_logits(model, xb, tta, task, precision).cpu())
                 continue
-            logits = model(xb)
-            if isinstance(logits, tuple):  # a variance head's (logits, log_var)
-                logits = logits[0]
-            out.append(logits.float().cpu())
+            out.append(_float_logits(model, xb, precision).cpu())
     finally:
         model.train(was)
     return torch.cat(out) if out else torch.zeros((0, 0))
@@ -327,11 +335,13 @@ def classifier_logits(model: torch.nn.Module, x: np.ndarray, device: torch.devic
 
 def predict_classifier(model: torch.nn.Module, x: np.ndarray, task: str, device: torch.device,
                        batch_size: int = 64, temperature: float = 1.0,
-                       tta: tuple[int, ...] = ()) -> ClassProbs | MultiLabel:
+                       tta: tuple[int, ...] = (), precision: str = "fp32"
+                       ) -> ClassProbs | MultiLabel:
     """Probabilities of ``x`` ``(N, C, *spatial)``: :class:`ClassProbs` (softmax, single-label)
     or :class:`MultiLabel` (a sigmoid per label), ``(N, K)`` on CPU; logits divided by
-    ``temperature`` (U5); ``tta``: flip axes averaged (:func:`tta_logits`)."""
-    logits = classifier_logits(model, x, device, batch_size, tta, task) / temperature
+    ``temperature`` (U5); ``tta``: flip axes averaged (:func:`tta_logits`); the network in
+    ``precision``."""
+    logits = classifier_logits(model, x, device, batch_size, tta, task, precision) / temperature
     return ClassProbs.from_logits(logits) if task == "single" else MultiLabel.from_logits(logits)
 
 
@@ -539,8 +549,10 @@ def _inputs(path: Path, split: str | None) -> tuple[list[str], list[np.ndarray] 
 @torch.inference_mode()
 def sample_classifier(models: list[torch.nn.Module], x: np.ndarray, task: str,
                       device: torch.device, method: str, n_samples: int = 10, seed: int = 0,
-                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``T`` probability samples of every image: ``(T, N, K)`` (and logit variances or None).
+                      batch_size: int = 64, precision: str = "fp32"
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``T`` probability samples of every image: ``(T, N, K)`` (and logit variances or None),
+    the networks run in ``precision``.
 
     See :func:`medseg.uncertainty.samplers.sample_probs` for the methods.
     """
@@ -551,8 +563,9 @@ def sample_classifier(models: list[torch.nn.Module], x: np.ndarray, task: str,
     for k, i in enumerate(range(0, len(x), batch_size)):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
         try:
-            p, v = sample_probs(models, xb, method, n_samples, seed=seed * 100003 + k,
-                                activation=act)
+            with autocast(precision, device):  # samples come back as float32
+                p, v = sample_probs(models, xb, method, n_samples, seed=seed * 100003 + k,
+                                    activation=act)
         except ValueError as e:
             raise InputError(str(e), hint="choose another --uncertainty method") from None
         probs.append(p.cpu())
@@ -614,10 +627,14 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
         raise InputError(f"images have {x.shape[1]} channel(s), the model expects "
                          f"{plan.in_channels}", input_path)
     method = request.uncertainty if request is not None else None
+    cfg = folder.config()
+    precision = resolve_precision(
+        request.precision if request is not None and request.precision else
+        (cfg.inference.precision if cfg is not None else "fp32"), dev)
     maps = None
     if method:
         samples, var = sample_classifier(models, x, task, dev, method, request.samples,
-                                         request.seed)
+                                         request.seed, precision=precision)
         kind = "softmax" if task == "single" else "sigmoid"
         per = temps if method == "ensemble" else temps[:1] * samples.shape[0]
         samples = torch.stack([temper(p, tk, kind, class_dim=1)
@@ -629,7 +646,6 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
         out_probs: ClassProbs | MultiLabel = ClassProbs(mean) if task == "single" else \
             MultiLabel(mean)
     else:
-        cfg = folder.config()
         use_tta = request.tta if request is not None and request.tta is not None else \
             bool(cfg is not None and cfg.inference.tta)
         axes = tta_flip_axes(cfg, plan.spatial_dims) if use_tta else ()
@@ -637,7 +653,8 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
             raise InputError("test-time flips were asked for but the model was trained "
                              "without flips (augment.p_flip 0), so no flip is a view it saw",
                              folder.path, "predict without --tta")
-        parts = [predict_classifier(m, x, task, dev, temperature=tk, tta=axes)
+        parts = [predict_classifier(m, x, task, dev, temperature=tk, tta=axes,
+                                    precision=precision)
                  for m, tk in zip(models, temps, strict=True)]
         mean = torch.stack([torch.from_numpy(probabilities(p)) for p in parts]).mean(0)
         out_probs = ClassProbs(mean) if task == "single" else MultiLabel(mean)
@@ -967,11 +984,11 @@ class ClassificationTask(Task):
     higher_is_better = True
     default_model = "resnet_classifier"
     predict_options = frozenset({"checkpoint", "device", "split", "uncertainty",
-                                 "samples", "seed", "tta"})
+                                 "samples", "seed", "tta", "precision"})
     uses = SPLIT_SETTINGS | CLASS_WEIGHTING_SETTINGS | TABLE_SETTINGS | {
         "data.modality", "data.image_size", "augment", "train.threshold",
         "train.label_smoothing", "train.mixup", "train.balanced_sampling", "inference.tta",
-        "physics_noise"}
+        "inference.precision", "physics_noise"}
 
     def prepare(self, cfg: ExperimentConfig, log: Log) -> tuple[ClsArrays, dict]:
         if not cfg.data.dataset:
