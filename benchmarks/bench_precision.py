@@ -8,7 +8,11 @@ Cases (``--quick`` shrinks them for a smoke run):
 * ``sw``       sliding-window prediction of a 1x160^3 volume, 64^3 windows, overlap 0.5,
   Gaussian weighting, 4 windows per forward, softmax probabilities stitched in float32
   (medseg: :func:`medseg.inference.predict_probs`; MONAI: its ``sliding_window_inference`` on
-  its own network with a softmax predictor).
+  its own network with a softmax predictor);
+* ``cls``      classification prediction of 624 images of 1x28^2 (BreastMNIST's train+val
+  size) in batches of 64 by ``resnet_classifier`` (channels 32..256, the MedMNIST recipe), as
+  ``medseg predict`` runs it (:func:`medseg.tasks.classification.classifier_logits`); MONAI
+  has no network of this architecture, so its ratio column is against medseg fp32.
 
 Implementations: ``monai`` (``monai.networks.nets.UNet`` at the same architecture as medseg's,
 the ``monai-fullres`` construction of ``bench_unet.py``: strides (1, 2, 2, 2), two residual
@@ -69,9 +73,9 @@ from medseg.inference.precision import autocast, maybe_compile, to_channels_last
 from medseg.networks import UNet  # noqa: E402
 
 CHANNELS = (16, 32, 64, 128, 256)
-FULL = {"train3d": (2, 64), "train2d": (8, 256), "sw": (160, 64)}
-QUICK = {"train3d": (1, 32), "train2d": (2, 64), "sw": (64, 32)}
-CASES = ("train3d", "train2d", "sw")
+FULL = {"train3d": (2, 64), "train2d": (8, 256), "sw": (160, 64), "cls": (624, 28)}
+QUICK = {"train3d": (1, 32), "train2d": (2, 64), "sw": (64, 32), "cls": (64, 28)}
+CASES = ("train3d", "train2d", "sw", "cls")
 MEDSEG = {  # name -> (precision, channels-last, compile)
     "medseg-fp32": ("fp32", False, False),
     "medseg-fp32-cl": ("fp32", True, False),
@@ -155,6 +159,24 @@ def build(case: str, impl: str, sizes: dict[str, tuple[int, int]]) -> Callable[[
             opt.step()
 
         return step
+    if case == "cls":
+        from medseg.networks import create_model
+        from medseg.tasks.classification import classifier_logits
+
+        n, size = sizes["cls"]
+        torch.manual_seed(0)
+        net = create_model("resnet_classifier", spatial_dims=2, in_channels=1, num_classes=2,
+                           channels=[32, 64, 128, 256]).eval()
+        precision, cl, _ = MEDSEG[impl]
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+        images = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(2))
+        images = images.numpy()
+
+        def predict() -> torch.Tensor:
+            return classifier_logits(net, images, torch.device("cpu"), precision=precision)
+
+        return predict
     volume, roi = sizes["sw"]
     image = _volume(volume)
     model = _network(impl, 3).eval()
@@ -416,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     for case in args.cases:
         impls = (["monai"] if monai_version else []) + [
             i for i in MEDSEG if args.compile or not i.endswith("compile")]
+        if case == "cls":
+            impls = [i for i in impls if i in ("medseg-fp32", "medseg-fp32-cl", "medseg-bf16",
+                                               "medseg-bf16-cl")]
         if case == "sw":
             impls = [i for i in impls if i != "medseg-fp32-cl"]
             if args.sw_impls:
@@ -435,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                     res[impl].update(pool.submit(peak_memory, {
                         "case": case, "impl": impl, "sizes": sizes, "threads": args.threads,
                         "calls": 1 if case == "sw" else 2}).result())
-        base = res.get("monai", {}).get("median_s")
+        base = res.get("monai" if case != "cls" else "medseg-fp32", {}).get("median_s")
         for impl in impls:
             r = res[impl]
             r["speedup_vs_monai_fp32"] = base / r["median_s"] if base else None

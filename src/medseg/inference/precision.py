@@ -62,8 +62,9 @@ def use_channels_last(setting: bool | str, spatial_dims: int, precision: str, *,
       channels-last (:mod:`medseg.layers.norm`) the U-Net 16..256's forward pass ran 1.42x
       faster in 3D bf16 (4x1x64^3 windows: 459 vs 650 ms), 1.60x in 3D fp32, 1.26x in 2D bf16
       (4x1x256^2) and 1.53x in 2D fp32; the 160^3 sliding window 1.39x in bf16.
-    * **training: off.** The backward pass is slower channels-last (3D bf16 step 1.195 vs
-      0.794 s, 2D 1.419 vs 0.755 s).
+    * **training: off.** A channels-last step is slower (3D U-Net bf16 step 0.789 s vs
+      0.714 s channels-first, 2D 0.822 vs 0.725 s; with instance norm's channels-last path in
+      the backward pass too it was 1.195 / 1.419 s).
     * **on a GPU: off** (not measured here).
 
     Args:
