@@ -132,7 +132,28 @@ def test_a_fold_resumes_after_an_interrupt(npz, tmp_path):
         (straight / "oof_predictions.csv").read_text()
 
 
-def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path):
+def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path, monkeypatch):
+    import medseg.tasks.segmentation as seg
+    from medseg.training import engine
+
+    # the end of each fold (out-of-fold rows + calibration set) predicts each of its
+    # validation cases once, not once for each
+    calls = {"finish": 0, "in_finish": False}
+    real_predict, real_finish = seg.predict_probs, engine._Run.finish
+
+    def counting_predict(*args, **kwargs):
+        calls["finish"] += calls["in_finish"]
+        return real_predict(*args, **kwargs)
+
+    def flagged_finish(self):
+        calls["in_finish"] = True
+        try:
+            return real_finish(self)
+        finally:
+            calls["in_finish"] = False
+
+    monkeypatch.setattr(seg, "predict_probs", counting_predict)
+    monkeypatch.setattr(engine._Run, "finish", flagged_finish)
     ds, out = tmp_path / "ds", tmp_path / "cv"
     assert main(["phantoms", "--output", str(ds), "--dims", "2", "--size", "32", "--n-train",
                  "6", "--n-test", "0"]) == 0
@@ -140,6 +161,7 @@ def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path):
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
                  "--patch-size", "32", "32", "--device", "cpu",
                  "--set", "model.options.channels=[4,8]"]) == 0
+    assert calls["finish"] == 6  # 3 folds x 2 validation cases, each predicted once
     est = json.loads((out / "oof_metrics.json").read_text())
     assert est["n_cases"] == 6 and set(est["per_class"]) == {"dice_organ", "dice_lesion"}
     rows = list(csv.DictReader(open(out / "oof_metrics.csv")))

@@ -222,6 +222,15 @@ class TaskTrainer(ABC):
         segmentation: per-class Dice)."""
         return []
 
+    def finish_outputs(self, model: torch.nn.Module, fold_rows: bool, calibrate: bool
+                       ) -> tuple[list[dict[str, Any]] | None, Any]:
+        """What the end of training needs from the best weights: the :meth:`out_of_fold`
+        rows (if ``fold_rows``) and the :meth:`calibration_set` (if ``calibrate``), ``None``
+        for each not asked. A task whose validation prediction is costly (sliding windows)
+        overrides this to predict each case once for both."""
+        return (self.out_of_fold(model) if fold_rows else None,
+                self.calibration_set(model) if calibrate else None)
+
     def state_dict(self) -> dict[str, Any]:
         """Task state carried in checkpoints."""
         return {}

@@ -363,13 +363,16 @@ def inference_speed(inf: dict[str, Any], device: torch.device, spatial_dims: int
 
 @torch.inference_mode()
 def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
-             device: torch.device, rows: list[dict[str, Any]] | None = None
+             device: torch.device, rows: list[dict[str, Any]] | None = None,
+             elements: list[tuple[torch.Tensor, torch.Tensor]] | None = None
              ) -> dict[str, float]:
     """Mean hard Dice per foreground class over the validation cases.
 
     Runs on preprocessed arrays (the network's own grid) with sliding windows; the observation
     mask (ignore label) excludes unlabelled voxels from both prediction and reference. With
-    ``rows``, one ``{"id", "dice_<class>"...}`` row per case is appended to it.
+    ``rows``, one ``{"id", "dice_<class>"...}`` row per case is appended to it; with
+    ``elements``, each case's observed ``(logits, targets)`` for temperature scaling (at most
+    200,000 voxels per case, seeded), from the same prediction.
     """
     fg = list(range(1, data.num_classes))
     per_case: dict[int, list[float]] = {c: [] for c in fg}
@@ -384,6 +387,11 @@ def validate(model: torch.nn.Module, data: PreparedData, cfg: ExperimentConfig,
             **speed,
         )
         pred = SegProbs(probs[0]).hard().labels.numpy()
+        if elements is not None:
+            target = torch.from_numpy(lab)[None].long()
+            mask = None if data.ignore_label is None else target != data.ignore_label
+            elements.append(observed_elements(log_probs_as_logits(probs), target, mask,
+                                              max_elements=200_000, seed=k))
         observed = ObservationMask.from_labels(torch.from_numpy(lab), data.ignore_label)
         for c in fg:
             per_case[c].append(dice(pred == c, lab == c, mask=observed.observed.numpy()))
@@ -482,26 +490,22 @@ class SegmentationTrainer(TaskTrainer):
         validate(model, self.data, self.cfg, self.device, rows)
         return rows
 
-    @torch.inference_mode()
     def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:
         """Observed voxels of the validation cases (at most 200,000 per case, seeded)."""
-        data, cfg = self.data, self.cfg
-        n = cfg.data.val_max_cases or len(data.val_images)
-        speed = inference_speed(cfg.inference.__dict__, self.device, data.spatial_dims)
-        parts = []
-        for i, (img, lab) in enumerate(zip(data.val_images[:n], data.val_labels[:n],
-                                           strict=True)):
-            img, lab = owned_array(img, np.float32), owned_array(lab, np.int64)
-            probs = predict_probs(
-                model, torch.from_numpy(img)[None], roi_size=data.patch_size,
-                overlap=cfg.inference.overlap, sw_batch_size=cfg.inference.sw_batch_size,
-                device=self.device, output_device="cpu", sigma_scale=cfg.inference.sigma_scale,
-                **speed)
-            target = torch.from_numpy(lab)[None].long()
-            mask = None if data.ignore_label is None else target != data.ignore_label
-            parts.append(observed_elements(log_probs_as_logits(probs), target, mask,
-                                           max_elements=200_000, seed=i))
-        return CalibrationSet.concat(parts, "softmax", f"the validation split ({n} case(s))")
+        return self.finish_outputs(model, fold_rows=False, calibrate=True)[1]
+
+    def finish_outputs(self, model: torch.nn.Module, fold_rows: bool, calibrate: bool
+                       ) -> tuple[list[dict[str, Any]] | None, CalibrationSet | None]:
+        """The out-of-fold rows and the calibration set from one prediction of each
+        validation case (not one pass for each)."""
+        rows: list[dict[str, Any]] | None = [] if fold_rows else None
+        parts: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if calibrate else None
+        validate(model, self.data, self.cfg, self.device, rows, parts)
+        n = self.cfg.data.val_max_cases or len(self.data.val_images)
+        cs = None if parts is None else CalibrationSet.concat(
+            parts, "softmax", f"the validation split ({min(n, len(self.data.val_images))} "
+            "case(s))")
+        return rows, cs
 
     def describe(self, val: dict[str, float]) -> str:
         return "  val Dice " + " ".join(f"{k[5:]}={v:.3f}" for k, v in val.items())

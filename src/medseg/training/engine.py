@@ -624,12 +624,11 @@ class _Run:
             self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
         self.model.eval()
         try:
-            if self.cfg.data.fold is not None:
-                rows = self.trainer.out_of_fold(self.model)
+            rows, cs = self.trainer.finish_outputs(self.model, self.cfg.data.fold is not None,
+                                                   bool(self.cfg.train.calibrate))
+            if rows is not None:
                 atomic_write_text(self.out / OOF_NAME, json.dumps(
                     {"fold": self.cfg.data.fold, "rows": rows}))
-            cs = self.trainer.calibration_set(self.model) if self.cfg.train.calibrate \
-                else None
         finally:
             self.model.train()
         if cs is None or cs.targets.numel() == 0:
