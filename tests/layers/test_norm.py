@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from medseg.inference import predict_probs
 from medseg.inference.predictor import _weights_in
 from medseg.layers.factories import norm_layer
-from medseg.layers.norm import INSTANCE_NORM, is_channels_last
+from medseg.layers.norm import INSTANCE_NORM, channels_last_norms, is_channels_last
 from medseg.networks import UNet
 
 FMT = {2: torch.channels_last, 3: torch.channels_last_3d}
@@ -34,7 +34,11 @@ def test_channels_last_instance_norm_equals_instance_norm(dims, affine):
             norm.bias.copy_(torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
     x = _cl_input(dims)
     assert is_channels_last(x)
-    y = norm(x)
+    # outside channels_last_norms: nn.InstanceNorm's own computation, bit for bit
+    parent = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[dims]
+    assert torch.equal(norm(x), parent.forward(norm, x))
+    with channels_last_norms():
+        y = norm(x)
     ref = F.instance_norm(x.contiguous(), weight=norm.weight, bias=norm.bias, eps=norm.eps)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     assert y.is_contiguous(memory_format=FMT[dims]) and not y.is_contiguous()  # no copy back
@@ -59,10 +63,11 @@ def test_gradients_take_the_instance_norm_path(dims):
     with torch.no_grad():
         norm.weight.copy_(torch.rand(3, generator=g, dtype=torch.float64) + 0.5)
         norm.bias.copy_(torch.randn(3, generator=g, dtype=torch.float64))
-    assert norm(x).is_contiguous()  # instance norm's path: channels-first output
-    assert torch.autograd.gradcheck(norm, (x,))
-    with torch.no_grad():
-        assert is_channels_last(norm(x))
+    with channels_last_norms():
+        assert norm(x).is_contiguous()  # instance norm's path: channels-first output
+        assert torch.autograd.gradcheck(norm, (x,))
+        with torch.no_grad():
+            assert is_channels_last(norm(x))
     # the group-norm formulation itself is differentiable and equal, should it be used
     assert torch.autograd.gradcheck(
         lambda t: F.group_norm(t, 3, norm.weight, norm.bias, norm.eps), (x,))

@@ -27,6 +27,7 @@ from medseg.inference.precision import (
 )
 from medseg.inference.sliding_window import sliding_window_inference
 from medseg.inference.tta import ACTIVATIONS, FlipTTA, apply_activation
+from medseg.layers.norm import channels_last_norms
 
 
 class _Logits:
@@ -153,7 +154,7 @@ def predict_probs(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), channels_last_norms(channels_last):
             return sliding_window_inference(
                 image,
                 predictor,

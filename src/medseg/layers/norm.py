@@ -7,7 +7,8 @@ convolutions gain from the layout (``benchmarks/RESULTS.md``, issue 11). Instanc
 norm with one channel per group, and PyTorch's CPU group norm has a channels-last kernel (float
 statistics for bf16/fp16 inputs, output in the input's layout), so :class:`InstanceNorm2d` /
 :class:`InstanceNorm3d` call ``F.group_norm(x, C, weight, bias, eps)`` on a channels-last input
-and the parent's ``forward`` otherwise (same parameters and state-dict keys, ``isinstance``
+inside :func:`channels_last_norms` (which channels-last prediction enters) and the parent's
+``forward`` otherwise (same parameters and state-dict keys, ``isinstance``
 unchanged, the standard operator in ONNX export). Where a gradient will flow back (training),
 the parent's path is kept: group norm's channels-last backward measured slower than the
 copies (3D U-Net 16..256 bf16 channels-last training step 1.195 s with group norm vs 0.789 s
@@ -16,6 +17,10 @@ with instance norm's copies; 2D 1.419 vs 0.822 s). Equal to
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn as nn
@@ -34,11 +39,30 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
 
 
+_CHANNELS_LAST_NORMS: ContextVar[bool] = ContextVar("medseg_channels_last_norms", default=False)
+
+
+@contextlib.contextmanager
+def channels_last_norms(enabled: bool = True) -> Iterator[None]:
+    """Within this context instance norms keep channels-last inputs channels-last (group
+    norm); outside it they always run ``nn.InstanceNorm*d``'s own computation, so a network
+    whose tensors happen to be channels-last-strided (e.g. TransUNet's tokens reshaped to a
+    feature map) gives exactly the results it gave before this layer existed.
+    :func:`medseg.inference.predict_probs` enters it when it runs a network channels-last."""
+    token = _CHANNELS_LAST_NORMS.set(enabled)
+    try:
+        yield
+    finally:
+        _CHANNELS_LAST_NORMS.reset(token)
+
+
 class _ChannelsLastMixin:
-    """``forward`` of an instance norm: group norm (one channel per group) on channels-last."""
+    """``forward`` of an instance norm: group norm (one channel per group) on channels-last
+    inputs inside :func:`channels_last_norms`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if (not self.track_running_stats  # type: ignore[attr-defined]
+        if (_CHANNELS_LAST_NORMS.get()
+                and not self.track_running_stats  # type: ignore[attr-defined]
                 and not (torch.is_grad_enabled() and x.requires_grad)
                 and is_channels_last(x) and not torch.onnx.is_in_onnx_export()):
             return F.group_norm(x, self.num_features, self.weight,  # type: ignore[attr-defined]

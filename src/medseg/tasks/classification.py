@@ -628,9 +628,11 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
                          f"{plan.in_channels}", input_path)
     method = request.uncertainty if request is not None else None
     cfg = folder.config()
+    # a folder trained before precisions existed (no train_precision in its plan) keeps fp32
+    stored = cfg.inference.precision if cfg is not None and plan.get("train_precision") \
+        else "fp32"
     precision = resolve_precision(
-        request.precision if request is not None and request.precision else
-        (cfg.inference.precision if cfg is not None else "fp32"), dev)
+        request.precision if request is not None and request.precision else stored, dev)
     maps = None
     if method:
         samples, var = sample_classifier(models, x, task, dev, method, request.samples,
