@@ -354,6 +354,16 @@ def real_ct(steps: int) -> dict[str, Any]:
         cfg.train.calibrate, cfg.train.val_every = False, 0
         train(cfg, log=lambda _m: None)
         model = SegmentationModel.load(cfg.output_dir, checkpoint="last", device="cpu")
+        try:  # MONAI's U-Net at the same architecture (untrained: its speed only), fp32
+            from monai.networks.nets import UNet as MonaiUNet
+
+            torch.manual_seed(0)
+            monai_net: nn.Module | None = MonaiUNet(
+                spatial_dims=3, in_channels=1, out_channels=2, channels=(8, 16, 32, 64),
+                strides=(1, 2, 2), num_res_units=2, norm="instance",
+                act=("leakyrelu", {"negative_slope": 0.01, "inplace": True})).eval()
+        except ImportError:
+            monai_net = None
         volumes = [src / "example_ct_sm.nii.gz", src / "example_ct.nii.gz",
                    src / "example_ct_dicom"]
         for v in volumes:
@@ -372,11 +382,25 @@ def real_ct(steps: int) -> dict[str, Any]:
                     res["windows"] = model.last_stats.get("windows")
                     res["skipped"] = model.last_stats.get("skipped")
             res["speed_ratio"] = res["seconds_skip_False"] / res["seconds_skip_True"]
+            if monai_net is not None:  # MONAI's window stage alone on the same network input
+                from monai.inferers import sliding_window_inference as monai_swi
+
+                x = torch.as_tensor(model.network_input(image, vmeta))[None].float()
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    monai_swi(x, tuple(model.info["patch_size"]), 4,
+                              lambda w: torch.softmax(monai_net(w), 1), overlap=0.5,
+                              mode="gaussian")
+                res["seconds_monai_window_stage"] = time.perf_counter() - t0
+                res["medseg_skip_vs_monai"] = (res["seconds_monai_window_stage"]
+                                               / res["seconds_skip_True"])
             res["differing_voxels"] = int((labels[True] != labels[False]).sum())
             res["identical_pct"] = 100 * float((labels[True] == labels[False]).double().mean())
             out[v.name] = res
         out["setting"] = (f"3D U-Net (8..64), patch 48x48x16, {steps} bf16 steps on "
-                          "example_ct_sm (label > 0); prediction in the model's precision")
+                          "example_ct_sm (label > 0); prediction in the model's precision "
+                          "(medseg: the whole of model.predict, reading excluded; MONAI: its "
+                          "sliding_window_inference alone on medseg's network input, fp32)")
     return out
 
 
