@@ -27,7 +27,7 @@ from medseg.data.cache import (
 )
 from medseg.data.sampler import PatchSampler, owned_array
 from medseg.data.validate import validate_dataset
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, InputError
 from medseg.io import read_image, read_label
 from medseg.physics import PhantomSpec, write_phantom_dataset
 from medseg.tasks.segmentation import prepare_data
@@ -101,6 +101,34 @@ def test_workers_give_identical_files(dataset, tmp_path):
     for name in sorted(os.listdir(tmp_path / "w1")):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
     assert one.entries == two.entries
+
+
+def test_workers_that_die_give_a_one_line_error(dataset, tmp_path, monkeypatch):
+    """A worker process that dies (a script without the __main__ guard re-runs itself in
+    every worker) is a one-line InputError with the fix, and no manifest is left behind."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import medseg.data.cache as cache_mod
+
+    class DyingPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, *args, **kwargs):
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(cache_mod, "ProcessPoolExecutor", DyingPool)
+    with pytest.raises(InputError, match="stopped abruptly") as e:
+        _build(open_dataset(dataset), tmp_path / "w", workers=2)
+    assert "__main__" in str(e.value) and "data.workers: 1" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "w" / cache_mod.MANIFEST_NAME).exists()
 
 
 def test_key_changes_with_plan_setting_and_touched_input(dataset):

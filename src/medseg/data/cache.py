@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -408,8 +409,15 @@ def build_cache(folder: Path, key: str, ds: SegDataset, plan: PreprocessPlan,
         # and a forked child that touches a lock one of them held waits forever; a fork server
         # starts from a fresh interpreter
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method)) as pool:
-            entries = list(pool.map(_build_one, jobs))
+        try:
+            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(method)) as pool:
+                entries = list(pool.map(_build_one, jobs))
+        except BrokenProcessPool:
+            raise InputError(
+                f"the {n} processes preprocessing the cache stopped abruptly (a script that "
+                "calls medseg's train must do so under if __name__ == '__main__':, since each "
+                "worker process imports the script; or the memory ran out)", folder,
+                "put the call under that guard, or set data.workers: 1") from None
     manifest = {"format": CACHE_FORMAT, "key": key, "plan": plan.to_dict(),
                 "summary": summary, "label_dtype": dtype.name, "cases": entries}
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=1))
