@@ -37,6 +37,7 @@ from medseg.data.convert import fill_outline_masks
 from medseg.io import read_image, read_label, write_label
 from medseg.metrics import dice
 from medseg.metrics.shape import fit_ellipse
+from medseg.model_folder import ModelFolder
 from medseg.tasks.segmentation import SegmentationModel
 from medseg.training.config import ExperimentConfig
 from medseg.training.engine import train
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.train.max_minutes = a.minutes
         res = train(cfg)
         model_dir = Path(res.output_dir)
-        plan = json.loads((model_dir / "plan.json").read_text())
+        plan = ModelFolder.open(model_dir).plan
         images = [data / "images" / f"{cid}.png" for cid in plan["val_ids"]]
         pixels = read_pixel_csv(data / "pixel_size_and_hc.csv")
         masks_dir: Path | None = masks
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--model needs --images and --csv")
         images = sorted(Path(a.images).glob("*.png"))
         if a.validation:
-            val = set(json.loads((model_dir / "plan.json").read_text())["val_ids"])
+            val = set(ModelFolder.open(model_dir).plan.val_ids)
             images = [p for p in images if p.stem in val]
         pixels = read_pixel_csv(Path(a.csv))
         masks_dir = None

@@ -486,9 +486,7 @@ class SegmentationTrainer(TaskTrainer):
         return validate(model, self.data, self.cfg, self.device)
 
     def out_of_fold(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        validate(model, self.data, self.cfg, self.device, rows)
-        return rows
+        return self.finish_outputs(model, fold_rows=True, calibrate=False)[0] or []
 
     def calibration_set(self, model: torch.nn.Module) -> CalibrationSet:
         """Observed voxels of the validation cases (at most 200,000 per case, seeded)."""
@@ -501,10 +499,8 @@ class SegmentationTrainer(TaskTrainer):
         rows: list[dict[str, Any]] | None = [] if fold_rows else None
         parts: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if calibrate else None
         validate(model, self.data, self.cfg, self.device, rows, parts)
-        n = self.cfg.data.val_max_cases or len(self.data.val_images)
         cs = None if parts is None else CalibrationSet.concat(
-            parts, "softmax", f"the validation split ({min(n, len(self.data.val_images))} "
-            "case(s))")
+            parts, "softmax", f"the validation split ({len(parts)} case(s))")
         return rows, cs
 
     def describe(self, val: dict[str, float]) -> str:
