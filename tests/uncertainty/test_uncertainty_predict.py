@@ -360,3 +360,32 @@ def test_every_case_gets_its_own_dropout_masks(seg, tmp_path):
     b, _ = read_image(outs[0] / "b_mutual_information.nii.gz")
     a2, _ = read_image(outs[1] / "a_mutual_information.nii.gz")
     assert not np.array_equal(a, b) and np.array_equal(a, a2)
+
+
+def test_samples_in_channels_last_equal_the_contiguous_ones(seg):
+    """``inference.channels_last`` applies to the sampled prediction as to the plain one (same
+    dropout masks, same samples within float32 rounding), and the weights are given back."""
+    from medseg.tasks.segmentation import SegmentationModel
+
+    ds, folder = seg
+    model = SegmentationModel.load(folder, device="cpu")
+    model.precision = "fp32"
+    image, meta = read_image(ds / "imagesTs" / "case_005_0000.nii.gz")
+    net = model.models[0]
+    weights = {id(p): (p.data_ptr(), p.stride()) for p in net.parameters()}
+    conv = next(m for m in net.modules()
+                if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    seen: list[bool] = []
+    conv.register_forward_pre_hook(
+        lambda m, args: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                    and not m.weight.is_contiguous()))
+    out = {}
+    for cl in (False, True):
+        seen.clear()
+        model.info["inference"]["channels_last"] = cl
+        out[cl], _ = model.predict_samples(image, meta, "mc", 3, seed=1)
+        assert seen and all(s is cl for s in seen)
+    torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(out[False][0], out[False][1])  # the samples do differ
+    # the very storage and strides the weights had (put back, not converted back)
+    assert all((p.data_ptr(), p.stride()) == weights[id(p)] for p in net.parameters())

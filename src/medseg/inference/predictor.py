@@ -13,7 +13,8 @@ probabilities are first averaged over flips (:class:`~medseg.inference.tta.FlipT
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -132,14 +133,6 @@ def predict_probs(
         image = image.float()
     spatial_dims = image.ndim - 2
     channels_last = channels_last and spatial_dims in (2, 3)
-    converted = channels_last and not _weights_in(model, memory_format(spatial_dims))
-    # the tensors the conversion replaces, put back afterwards as they were: converting back
-    # would leave other strides on size-1 axes (a 1-input-channel or 1x1 weight), on which
-    # oneDNN may pick another kernel, so a model in training would not continue bit-exactly
-    originals = [(t, t.data) for t in (*model.parameters(), *model.buffers())
-                 if t.ndim in (4, 5)] if converted else []
-    if converted:
-        model.to(memory_format=memory_format(spatial_dims))
     net = maybe_compile(model, compile, "prediction")
     logits = _Logits(net, precision, device, channels_last)
     predictor = (
@@ -154,7 +147,7 @@ def predict_probs(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), channels_last_norms(channels_last):
+        with torch.inference_mode(), channels_last_layout([model], spatial_dims, channels_last):
             return sliding_window_inference(
                 image,
                 predictor,
@@ -172,6 +165,39 @@ def predict_probs(
             )
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def channels_last_layout(models: Sequence[nn.Module], spatial_dims: int, enabled: bool = True
+                         ) -> Iterator[None]:
+    """Inside: the 4D / 5D weights of ``models`` in the channels-last(-3d) layout and instance
+    normalisation keeping that layout (:func:`~medseg.layers.norm.channels_last_norms`); on exit
+    the very tensors the conversion replaced are put back.
+
+    Putting back, not converting back: the latter would leave other strides on size-1 axes (a
+    1-input-channel or 1x1 weight), on which oneDNN may pick another kernel, so a model in
+    training would not continue bit-exactly. A model whose weights are already channels-last
+    is left as it is. The inputs are the caller's to convert (:func:`to_channels_last`).
+
+    Args:
+        models: The networks (e.g. the members of an ensemble).
+        spatial_dims: 2 or 3; any other value (or ``enabled=False``) changes nothing.
+        enabled: Whether to convert at all.
+    """
+    enabled = enabled and spatial_dims in (2, 3)
+    originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        if enabled:
+            fmt = memory_format(spatial_dims)
+            for m in models:
+                if _weights_in(m, fmt):
+                    continue
+                originals += [(t, t.data) for t in (*m.parameters(), *m.buffers())
+                              if t.ndim in (4, 5)]
+                m.to(memory_format=fmt)
+        with channels_last_norms(enabled):
+            yield
+    finally:
         for t, data in originals:
             t.data = data
 

@@ -56,7 +56,8 @@ from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.inference import predict_probs
 from medseg.inference.background import background_mask
-from medseg.inference.precision import autocast, use_channels_last
+from medseg.inference.precision import autocast, to_channels_last, use_channels_last
+from medseg.inference.predictor import channels_last_layout
 from medseg.io import (
     is_dicom_folder,
     list_image_files,
@@ -675,10 +676,13 @@ class SegmentationModel:
         c, head = self.num_classes, self.info.variance_head
         calls = [0]
 
-        precision = self.speed()["precision"]
+        speed = self.speed()
+        precision, channels_last = speed["precision"], speed["channels_last"]
 
         def predictor(win: torch.Tensor) -> torch.Tensor:
             calls[0] += 1
+            if channels_last:
+                win = to_channels_last(win)
             try:
                 with autocast(precision, self.device):  # samples come back as float32
                     p, v = sample_probs(models, win, method, n_samples,
@@ -694,7 +698,8 @@ class SegmentationModel:
         inf = self.info["inference"]
         for m in models:
             m.to(self.device).eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), channels_last_layout(models, self.plan.spatial_dims,
+                                                          channels_last):
             field_ = sliding_window_inference(
                 x[None].float(), predictor, tuple(self.info["patch_size"]),
                 overlap=inf["overlap"] if overlap is None else overlap,
