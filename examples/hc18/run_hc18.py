@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.convert import fill_outline_masks
+from medseg.data.splits import subject_of
 from medseg.io import read_image, read_label, write_label
 from medseg.metrics import dice
 from medseg.metrics.shape import fit_ellipse
@@ -41,6 +42,10 @@ from medseg.model_folder import ModelFolder
 from medseg.tasks.segmentation import SegmentationModel
 from medseg.training.config import ExperimentConfig
 from medseg.training.engine import train
+from medseg.training.oof import bootstrap_mean_ci
+
+#: The subject id of an HC18 image name (``hc18.yaml``'s ``data.group_regex``).
+SUBJECT = r"^(\d+)_"
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,13 +99,18 @@ def measure(model: SegmentationModel, images: list[Path], pixels: dict, masks_di
 
 
 def summarize(rows: list[dict]) -> dict:
+    """Mean, median, std and a 95% interval of each figure; the interval resamples subjects
+    (the number before the first ``_``), since the images of one subject are not
+    independent."""
     def stats(key):
-        v = np.array([r[key] for r in rows if key in r and r[key] is not None], dtype=float)
-        v = v[np.isfinite(v)]
-        if v.size == 0:
+        keep = [r for r in rows if r.get(key) is not None and np.isfinite(float(r[key]))]
+        if not keep:
             return None
-        return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std()),
-                "n": int(v.size)}
+        v = np.array([float(r[key]) for r in keep])
+        lo, hi = bootstrap_mean_ci(v, n_boot=2000, groups=[subject_of(r["image"], SUBJECT)
+                                                           for r in keep])
+        return {"mean": float(v.mean()), "ci95_subjects": [lo, hi],
+                "median": float(np.median(v)), "std": float(v.std()), "n": int(v.size)}
 
     out = {"n_images": len(rows), "dice": stats("dice"),
            "dice_raw (network mask, not the ellipse)": stats("dice_raw"),

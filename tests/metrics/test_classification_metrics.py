@@ -205,3 +205,43 @@ def test_save_roc_curve(tmp_path: Path) -> None:
                                                                        float("nan"))})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["roc.png"]
+
+
+def test_cluster_bootstrap_resamples_subjects() -> None:
+    """Three identical images per subject are one observation, not three: resampling subjects
+    gives exactly the interval of one image per subject (same seed, same draws), resampling
+    images a narrower one (about 1/sqrt(3))."""
+    from medseg.training.oof import bootstrap_mean_ci
+
+    rng = np.random.default_rng(3)
+    y1 = rng.integers(0, 2, 60)
+    s1 = rng.normal(size=60) + y1
+    s3, y3 = np.repeat(s1, 3), np.repeat(y1, 3)
+    subjects = np.repeat([f"s{i:02d}" for i in range(60)], 3)
+    one = bootstrap_ci(auroc, s1, y1, n_boot=300, seed=5)
+    grouped = bootstrap_ci(auroc, s3, y3, n_boot=300, seed=5, clusters=subjects)
+    assert grouped == one
+    lo, hi = bootstrap_ci(auroc, s3, y3, n_boot=300, seed=5)
+    assert (hi - lo) < 0.75 * (one[1] - one[0])
+    with pytest.raises(ValueError, match="not both"):
+        bootstrap_ci(auroc, s3, y3, stratify=y3, clusters=subjects)
+    res = evaluate_classification(np.c_[1 - 1 / (1 + np.exp(-s3)), 1 / (1 + np.exp(-s3))], y3,
+                                  "single", n_boot=300, seed=5, clusters=list(subjects))
+    assert res["ci"]["resampled"] == "subjects"
+    assert res["ci"]["macro"]["auroc"] == pytest.approx(list(one))
+    # the per-case mean of the out-of-fold estimate (segmentation Dice), NaN left out
+    v1 = rng.uniform(0.6, 1.0, 40)
+    v3 = np.repeat(v1, 3)
+    groups = list(np.repeat([f"p{i}" for i in range(40)], 3))
+    assert bootstrap_mean_ci(v3, groups=groups, seed=2) == bootstrap_mean_ci(v1, seed=2)
+    lo, hi = bootstrap_mean_ci(v3, seed=2)
+    g_lo, g_hi = bootstrap_mean_ci(v3, groups=groups, seed=2)
+    assert hi - lo < 0.75 * (g_hi - g_lo)
+    # uneven subjects: each replicate is the mean over all drawn values, checked by hand
+    vals, subj = np.array([1.0, 3.0, np.nan, 10.0]), ["a", "a", "b", "c"]
+    draws = np.random.default_rng(0).integers(0, 2, (1000, 2))  # subjects a, c (b: all NaN)
+    sums, counts = np.array([4.0, 10.0]), np.array([2.0, 1.0])
+    means = sums[draws].sum(1) / counts[draws].sum(1)
+    assert bootstrap_mean_ci(vals, groups=subj, seed=0) == (
+        float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
+    assert all(math.isnan(v) for v in bootstrap_mean_ci(np.array([np.nan]), groups=["a"]))

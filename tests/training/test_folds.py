@@ -160,9 +160,12 @@ def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path, monk
     assert main(["train", "--dataset", str(ds), "--output", str(out), "--folds", "3",
                  "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
                  "--patch-size", "32", "32", "--device", "cpu",
-                 "--set", "model.options.channels=[4,8]"]) == 0
+                 "--set", "model.options.channels=[4,8]",
+                 "--set", "data.group_regex=^case_\\d\\d(\\d)"]) == 0
     assert calls["finish"] == 6  # 3 folds x 2 validation cases, each predicted once
     est = json.loads((out / "oof_metrics.json").read_text())
+    # the engine hands data.group_regex to the estimate: its interval resamples subjects
+    assert est["interval"].startswith("95% percentile bootstrap over subjects (6,")
     assert est["n_cases"] == 6 and set(est["per_class"]) == {"dice_organ", "dice_lesion"}
     rows = list(csv.DictReader(open(out / "oof_metrics.csv")))
     organ = np.array([float(r["dice_organ"]) for r in rows])

@@ -166,6 +166,7 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
     stratify: np.ndarray | None = None,
+    clusters: Sequence[str] | np.ndarray | None = None,
 ) -> tuple[np.ndarray | float, np.ndarray | float]:
     """Percentile bootstrap interval of a metric, resampling cases with replacement.
 
@@ -177,6 +178,9 @@ def bootstrap_ci(
         level: Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
         stratify: Optional ``(N,)`` group per case (e.g. the class); each resample draws the
             same number of cases from every group as the data has.
+        clusters: Optional ``(N,)`` subject per case: each resample draws subjects with
+            replacement and takes all their cases (a cluster bootstrap, for cases of one
+            subject that are not independent). Not combined with ``stratify``.
 
     Returns:
         ``(low, high)``, floats or arrays like the metric. Resamples where the metric is NaN
@@ -194,6 +198,14 @@ def bootstrap_ci(
         raise ValueError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
     groups = None
+    members: list[np.ndarray] | None = None
+    if clusters is not None:
+        if stratify is not None:
+            raise ValueError("bootstrap_ci takes stratify or clusters, not both")
+        clu = np.asarray(clusters, dtype=str)
+        if clu.shape[0] != n:
+            raise ValueError("clusters must have one entry per case")
+        members = [np.flatnonzero(clu == g) for g in dict.fromkeys(clu.tolist())]
     if stratify is not None:
         strat = np.asarray(stratify)
         if strat.shape[0] != n:
@@ -201,7 +213,10 @@ def bootstrap_ci(
         groups = [np.flatnonzero(strat == g) for g in np.unique(strat)]
     values = []
     for _ in range(n_boot):
-        if groups is None:
+        if members is not None:
+            idx = np.concatenate([members[i] for i in rng.integers(0, len(members),
+                                                                   size=len(members))])
+        elif groups is None:
             idx = rng.integers(0, n, size=n)
         else:
             idx = np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
@@ -328,6 +343,7 @@ def evaluate_classification(
     seed: int = 0,
     level: float = 0.95,
     stratified: bool = False,
+    clusters: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """All classification metrics with bootstrap confidence intervals.
 
@@ -342,6 +358,8 @@ def evaluate_classification(
         seed: Bootstrap seed.
         level: Interval coverage.
         stratified: Resample within each true class (single-label only).
+        clusters: ``N`` subject ids: resample subjects instead of cases
+            (:func:`bootstrap_ci`); wins over ``stratified``.
 
     Returns:
         A JSON-serialisable dict (NaN written as ``None``)::
@@ -397,10 +415,10 @@ def evaluate_classification(
         "calibration": json_safe(classification_calibration(p, y, task, names)),
     }
     if n_boot > 0 and n > 0:
-        strat = y if (stratified and task == "single") else None
+        strat = y if (stratified and task == "single" and clusters is None) else None
         lo, hi = bootstrap_ci(
             lambda pp, yy: _point_metrics(pp, yy, task, t), p, y,
-            n_boot=n_boot, seed=seed, level=level, stratify=strat,
+            n_boot=n_boot, seed=seed, level=level, stratify=strat, clusters=clusters,
         )
         ci_per = {
             name: {
@@ -416,6 +434,7 @@ def evaluate_classification(
         result["ci"] = {
             "level": level, "n_boot": int(n_boot), "seed": int(seed),
             "stratified": strat is not None, "per_class": ci_per, "macro": ci_macro,
+            "resampled": "subjects" if clusters is not None else "cases",
         }
     return result
 

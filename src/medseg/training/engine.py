@@ -342,7 +342,7 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
             plan.val_ids = []
             from medseg.training.oof import write_out_of_fold
 
-            report = write_out_of_fold(out, names, cfg.task)
+            report = write_out_of_fold(out, names, cfg.task, cfg.data.group_regex)
             say(f"out-of-fold estimate over {n} folds: {report}")
         write_plan(plan, out)
         say(f"{'cross-validation' if folds else 'ensemble'} of {n} written to {out}")

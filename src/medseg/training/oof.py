@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,53 @@ def _rows(out: Path, names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0
-                      ) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (NaN values left out)."""
-    v = values[~np.isnan(values)]
-    if v.size == 0:
-        return math.nan, math.nan
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      groups: Sequence[str] | None = None) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean (NaN values left out).
+
+    Args:
+        values: ``(N,)`` per-case values.
+        n_boot: Resamples.
+        seed: Seed of the resampling.
+        groups: ``N`` subject ids: resample subjects, not cases (a cluster bootstrap; each
+            replicate's mean is over all the finite values of the subjects drawn). Cases of one
+            subject are correlated, so resampling them one by one gives too narrow an
+            interval. With one case per subject this is the ordinary bootstrap (the same draws
+            for the same seed).
+
+    Returns:
+        ``(low, high)``; NaN when no value is finite.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = ~np.isnan(values)
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    if groups is None:
+        v = values[finite]
+        if v.size == 0:
+            return math.nan, math.nan
+        means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    else:
+        if len(groups) != values.size:
+            raise ValueError(f"{len(groups)} group ids for {values.size} values")
+        keys = [g for g, f in zip(groups, finite, strict=True) if f]
+        if not keys:
+            return math.nan, math.nan
+        order = {g: i for i, g in enumerate(dict.fromkeys(keys))}  # first appearance
+        index = np.array([order[g] for g in keys])
+        sums = np.bincount(index, weights=values[finite], minlength=len(order))
+        counts = np.bincount(index, minlength=len(order)).astype(np.float64)
+        draw = rng.integers(0, len(order), (n_boot, len(order)))
+        means = sums[draw].sum(1) / counts[draw].sum(1)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def write_out_of_fold(out: Path, names: list[str], task: str) -> str:
-    """Join the folds' ``oof.json`` into the top folder's estimate; returns a one-line summary."""
+def write_out_of_fold(out: Path, names: list[str], task: str,
+                      group_regex: str | None = None) -> str:
+    """Join the folds' ``oof.json`` into the top folder's estimate; returns a one-line summary.
+
+    ``group_regex`` (``data.group_regex``): the intervals resample subjects, not cases (the
+    folds keep each subject in one fold already; :func:`bootstrap_mean_ci`,
+    :func:`medseg.metrics.classification.bootstrap_ci`)."""
     from medseg.model_folder import ModelFolder
 
     rows = _rows(out, names)
@@ -59,11 +94,24 @@ def write_out_of_fold(out: Path, names: list[str], task: str) -> str:
         return "no out-of-fold rows (the task has no per-case estimate)"
     plan = ModelFolder.open(out / names[0]).plan
     if task == "classification":
-        return _classification(out, rows, plan)
-    return _per_case(out, rows)
+        return _classification(out, rows, plan, _subjects(rows, group_regex))
+    return _per_case(out, rows, _subjects(rows, group_regex))
 
 
-def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
+def _subjects(rows: list[dict[str, Any]], group_regex: str | None) -> list[str] | None:
+    """The subject of each row's case id (``data.group_regex``); ``None`` without a regex."""
+    from medseg.data.splits import subject_of
+
+    return [subject_of(str(r["id"]), group_regex) for r in rows] if group_regex else None
+
+
+def _interval(groups: list[str] | None) -> str:
+    return (f"95% percentile bootstrap over subjects ({len(set(groups))}, data.group_regex; "
+            "1000)" if groups else "95% percentile bootstrap over cases (1000)")
+
+
+def _classification(out: Path, rows: list[dict[str, Any]], plan: Any,
+                    groups: list[str] | None = None) -> str:
     from medseg.metrics.classification import evaluate_classification
     from medseg.training.calibration import CalibrationSet, calibrate, write_calibration
     from medseg.uncertainty.calibration import observed_elements
@@ -81,10 +129,11 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any) -> str:
                     r["label"] if single else ";".join(str(int(v)) for v in r["label"])])
     atomic_write_text(out / "oof_predictions.csv", buf.getvalue())
     task = "single" if single else "multi"
-    res = evaluate_classification(probs, labels, task, names, n_boot=1000, seed=0)
+    res = evaluate_classification(probs, labels, task, names, n_boot=1000, seed=0,
+                                  clusters=groups)
     atomic_write_text(out / "oof_metrics.json", json.dumps(
         {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
-         "n_cases": len(rows), **json_safe(res)}, indent=2))
+         "n_cases": len(rows), "interval": _interval(groups), **json_safe(res)}, indent=2))
     kind = "softmax" if single else "sigmoid"
     z, y = observed_elements(logits, torch.from_numpy(labels), kind=kind)
     doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
@@ -139,7 +188,7 @@ def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
     return doc
 
 
-def _per_case(out: Path, rows: list[dict[str, Any]]) -> str:
+def _per_case(out: Path, rows: list[dict[str, Any]], groups: list[str] | None = None) -> str:
     keys = [k for k in rows[0] if k.startswith("dice_")]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["id", "fold", *keys], lineterminator="\n")
@@ -150,12 +199,12 @@ def _per_case(out: Path, rows: list[dict[str, Any]]) -> str:
     summary = {}
     for k in keys:
         v = np.array([np.nan if r[k] is None else float(r[k]) for r in rows])
-        lo, hi = bootstrap_mean_ci(v)
+        lo, hi = bootstrap_mean_ci(v, groups=groups)
         summary[k] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
                       "ci95": [lo, hi], "n": int(np.isfinite(v).sum())}
     atomic_write_text(out / "oof_metrics.json", json.dumps(
         {"estimate": "out-of-fold", "folds": len({r["fold"] for r in rows}),
-         "n_cases": len(rows), "interval": "95% percentile bootstrap over cases (1000)",
+         "n_cases": len(rows), "interval": _interval(groups),
          "per_class": json_safe(summary)}, indent=2))
     return ", ".join(f"{k[5:]} {s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
                      for k, s in summary.items() if s["mean"] is not None)
