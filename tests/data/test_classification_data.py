@@ -190,7 +190,8 @@ def test_npz_multi_label_and_errors(tmp_path: Path) -> None:
     assert x.shape == (3, 3, 8, 8)  # channels-last RGB moved first
     np.testing.assert_array_equal(x[0, :, 0, 0], [0.0, 0.0, 1.0])
     bad = [
-        ({"train_images": imgs}, "missing 'train_images'/'train_labels'"),
+        ({"train_images": imgs}, "split 'train' has only one of train_images / train_labels"),
+        ({"images": imgs, "labels": lab}, "no split found"),
         ({"train_images": imgs, "train_labels": lab[:2]}, "3 cases but train_labels 2"),
         ({"train_images": imgs, "train_labels": lab * 2}, r"values \[-2, 2\] are not 0, 1 or -1"),
         ({"train_images": imgs, "train_labels": np.array([[1, -1], [0, -1], [1, -1]])},

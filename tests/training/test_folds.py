@@ -85,6 +85,16 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
     want32 = torch.stack([torch.softmax(classifier_logits(n, x, dev) / t, 1)
                           for n in nets]).mean(0)
     assert torch.allclose(got32, want32, atol=2e-6)
+    # a file holding only the test split (e.g. a held-out set) predicts the same; training
+    # on it is a one-line error, since a test split is never trained on
+    only = tmp_path / "test_only.npz"
+    np.savez(only, test_images=data["test_images"], test_labels=data["test_labels"])
+    assert main(["predict", "--model", str(out), "--input", str(only), "--split", "test",
+                 "--output", str(tmp_path / "p_only"), "--device", "cpu", "--precision",
+                 "fp32"]) == 0
+    assert (tmp_path / "p_only" / "predictions.csv").read_text() == \
+        (tmp_path / "p32" / "predictions.csv").read_text()
+    assert main(["train", "--dataset", str(only), "--output", str(tmp_path / "bad"), *CLS]) == 2  # input error
     # the operating point: Youden on the temperature-scaled out-of-fold probabilities
     from medseg.metrics.thresholds import choose_threshold
 

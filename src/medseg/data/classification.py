@@ -415,8 +415,8 @@ def load_medmnist_npz(
     """Read a MedMNIST-style ``.npz`` (``{split}_images`` / ``{split}_labels``).
 
     Args:
-        path: The ``.npz`` file; ``train_images`` and ``train_labels`` are required, ``val_*``
-            and ``test_*`` optional.
+        path: The ``.npz`` file with any of the splits ``train``, ``val``, ``test``, each as
+            ``{split}_images`` and ``{split}_labels`` (e.g. a test split alone, to predict).
         task: ``"single"``, ``"multi"`` or ``"auto"`` (single for ``(N,)``/``(N, 1)`` labels,
             multi for ``(N, C)`` with ``C > 1``).
         class_names: Class / label names (default ``"0" .. "C-1"``).
@@ -435,9 +435,10 @@ def load_medmnist_npz(
     if not path_exists(path):
         raise InputError("npz file not found", path, "check the path")
     data = _read_npz(path)
-    if "train_images" not in data or "train_labels" not in data:
+    if not any(f"{s}_images" in data or f"{s}_labels" in data for s in _NPZ_SPLITS):
         raise InputError(
-            f"missing 'train_images'/'train_labels' (found {sorted(data)})", path,
+            f"no split found: needs train_, val_ or test_images with its _labels (found "
+            f"{sorted(data)})", path,
             "store arrays named {train,val,test}_images and {train,val,test}_labels",
         )
     present = []

@@ -505,6 +505,10 @@ def prepare_classification(cfg: ExperimentConfig, log: Log = print
     else:
         # K folds pool the dataset's train and val splits (never a test split)
         keep = [k for k, it in enumerate(ds.items) if it.split in (None, "", "train", "val")]
+        if not keep:
+            raise InputError("no train or val images to train on (a test split is never "
+                             "trained on)", cfg.data.dataset,
+                             "add train_images / train_labels, or give the training file")
         pool = ds.subset(indices=keep)
         ids = pool.ids
         labels = pool.labels()
