@@ -94,7 +94,8 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
                  "fp32"]) == 0
     assert (tmp_path / "p_only" / "predictions.csv").read_text() == \
         (tmp_path / "p32" / "predictions.csv").read_text()
-    assert main(["train", "--dataset", str(only), "--output", str(tmp_path / "bad"), *CLS]) == 2  # input error
+    bad = ["train", "--dataset", str(only), "--output", str(tmp_path / "bad"), *CLS]
+    assert main(bad) == 2  # an input error
     # the operating point: Youden on the temperature-scaled out-of-fold probabilities
     from medseg.metrics.thresholds import choose_threshold
 
