@@ -71,7 +71,15 @@ def test_card_from_model_folder(seg_model: Path):
     assert "not a medical device" in card.section("Intended use").text[0]
     limits = " ".join(card.section("Known limits").text)
     assert f"Trained on {n} case(s) only" in limits and "Not calibrated" not in limits
+    assert "fold ensemble" not in limits  # calibrated on a validation split, not out of fold
     assert card.section("Configuration").pre.startswith("task: segmentation")
+    # a K-fold folder calibrated on its out-of-fold logits says what that temperature is for
+    cal = json.loads((seg_model / "calibration.json").read_text())
+    cal["fitted_on"] = "the out-of-fold predictions (40 image(s))"
+    (seg_model / "calibration.json").write_text(json.dumps(cal))
+    limits = " ".join(model_card(ModelFolder.open(seg_model), "dice_mean", True)
+                      .section("Known limits").text)
+    assert "the fold ensemble that predicts" in limits and "medseg calibrate" in limits
 
 
 def test_card_says_what_is_absent(tmp_path: Path):

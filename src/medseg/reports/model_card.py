@@ -272,6 +272,13 @@ def model_card(folder: FolderLike, key_metric: str | None = None,
     cal = _read_json(path / "calibration.json")
     if cal is not None and "temperature" in cal:
         val.rows += calibration_rows(cal)
+        if oof is not None and str(cal.get("fitted_on", "")).startswith("the out-of-fold"):
+            limits.append(
+                "The temperature was fitted on single fold models' out-of-fold predictions; "
+                "the fold ensemble that predicts averages the folds and is less confident than "
+                "each of them (under-confident at this temperature; nested cross-validation "
+                "in examples/medmnist/README.md). For calibrated ensemble probabilities run "
+                "medseg calibrate on labelled images that no fold trained on.")
     elif task in ("segmentation", "classification", "instance"):
         val.rows.append(("calibration", "absent (no calibration.json)"))
         limits.append("Not calibrated: probabilities may be over- or under-confident (run "
