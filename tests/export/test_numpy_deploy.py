@@ -9,7 +9,6 @@ network's stride, and a plan that resamples to another spacing.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from export_helpers import INFERENCE, PREPROCESS_ZSCORE, write_model_folder
 
+from helpers import EXAMPLES, load_example
 from medseg.cli import main
 from medseg.data.preprocess import ChannelNorm, normalize_channel
 from medseg.inference.sliding_window import gaussian_importance_map, window_starts
@@ -26,17 +26,8 @@ from medseg.transforms.resample import resample_to_shape
 
 pytest.importorskip("onnxruntime")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "onnx_deploy" / "predict_onnx.py"
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location("predict_onnx", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ex = _example()
+EXAMPLE = EXAMPLES / "onnx_deploy" / "predict_onnx.py"
+ex = load_example("onnx_deploy/predict_onnx.py", "predict_onnx")
 
 
 def test_window_starts_and_gaussian_match_medseg() -> None:

@@ -4,23 +4,15 @@ missing by the classification loader."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
+from helpers import load_example
 from medseg.data.classification import MISSING, load_classification_csv
 from medseg.io import read_image, read_label
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ct_organ_presence" / \
-    "make_dataset.py"
-
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ct_presence", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("ct_organ_presence/make_dataset.py", "ct_presence")
 
 
 def test_derived_labels_match_the_segmentation(shared_data, tmp_path):

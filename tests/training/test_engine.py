@@ -11,10 +11,10 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
+from helpers import write_toy_npz
 from medseg.cli import main
 from medseg.tasks import classification as cls_mod
 from medseg.training.config import ExperimentConfig
@@ -23,14 +23,7 @@ from medseg.training.engine import TrainingError, train
 
 @pytest.fixture()
 def npz(tmp_path):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 40)
-    x = rng.integers(0, 60, (40, 16, 16)).astype(np.uint8)
-    x[y == 1, 4:12, 4:12] = 200
-    p = tmp_path / "toy.npz"
-    np.savez(p, train_images=x[:30], train_labels=y[:30, None], val_images=x[30:],
-             val_labels=y[30:, None])
-    return p
+    return write_toy_npz(tmp_path / "toy.npz")[0]
 
 
 def _cfg(npz, out, epochs=2) -> ExperimentConfig:

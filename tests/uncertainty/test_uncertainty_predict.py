@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_toy_npz
 from medseg.cli import main
 from medseg.io import read_image, read_label, write_image
 from medseg.io.meta import ImageMeta
@@ -274,13 +275,7 @@ def test_heteroscedastic_bce_reduces_to_bce_and_ignores_missing_labels():
 
 
 def test_classification_predictions_gain_the_decomposition(tmp_path):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 40)
-    x = rng.integers(0, 60, (40, 16, 16)).astype(np.uint8)
-    x[y == 1, 4:12, 4:12] = 200
-    npz = tmp_path / "toy.npz"
-    np.savez(npz, train_images=x[:30], train_labels=y[:30, None], val_images=x[30:],
-             val_labels=y[30:, None])
+    npz, y = write_toy_npz(tmp_path / "toy.npz")
     model = tmp_path / "m"
     assert main(["train", "--task", "classification", "--dataset", str(npz), "--output",
                  str(model), "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "8",
