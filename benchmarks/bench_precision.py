@@ -355,13 +355,11 @@ def real_ct(steps: int) -> dict[str, Any]:
         train(cfg, log=lambda _m: None)
         model = SegmentationModel.load(cfg.output_dir, checkpoint="last", device="cpu")
         try:  # MONAI's U-Net at the same architecture (untrained: its speed only), fp32
-            from monai.networks.nets import UNet as MonaiUNet
+            from bench_unet import _build_unet  # the matched MONAI construction
 
             torch.manual_seed(0)
-            monai_net: nn.Module | None = MonaiUNet(
-                spatial_dims=3, in_channels=1, out_channels=2, channels=(8, 16, 32, 64),
-                strides=(1, 2, 2), num_res_units=2, norm="instance",
-                act=("leakyrelu", {"negative_slope": 0.01, "inplace": True})).eval()
+            monai_net: nn.Module | None = _build_unet("monai-fullres", 3,
+                                                      (8, 16, 32, 64)).eval()
         except ImportError:
             monai_net = None
         volumes = [src / "example_ct_sm.nii.gz", src / "example_ct.nii.gz",

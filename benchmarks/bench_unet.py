@@ -66,17 +66,19 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
 
 
-def _build_unet(impl: str, spatial_dims: int) -> nn.Module:
+def _build_unet(impl: str, spatial_dims: int,
+                channels: tuple[int, ...] = CHANNELS) -> nn.Module:
     if impl in ("medseg", "medseg-residual"):
-        return UNet(spatial_dims, in_channels=1, num_classes=2, channels=CHANNELS,
+        return UNet(spatial_dims, in_channels=1, num_classes=2, channels=channels,
                     residual=impl == "medseg-residual")
     from monai.networks.nets import UNet as MonaiUNet
 
     # MONAI's first block is already strided, so with strides (2, 2, 2, 2) its top level runs
     # at half resolution; "monai-fullres" keeps the top level at full resolution instead.
-    strides = (1, 2, 2, 2) if impl == "monai-fullres" else (2, 2, 2, 2)
+    down = (2,) * (len(channels) - 2)
+    strides = (1, *down) if impl == "monai-fullres" else (2, *down)
     return MonaiUNet(
-        spatial_dims=spatial_dims, in_channels=1, out_channels=2, channels=CHANNELS,
+        spatial_dims=spatial_dims, in_channels=1, out_channels=2, channels=channels,
         strides=strides, num_res_units=2, norm="instance",
         act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
     )

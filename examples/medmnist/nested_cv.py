@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +38,9 @@ from medseg.metrics.calibration import classification_calibration
 from medseg.metrics.classification import evaluate_classification
 from medseg.tasks.classification import read_predictions
 from medseg.uncertainty.calibration import fit_temperature
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "uncertainty"))
+from study_utils import run_medseg  # noqa: E402  (the runner the example studies share)
 
 
 def write_split(src: dict[str, np.ndarray], inner: np.ndarray, outer: np.ndarray,
@@ -56,25 +57,17 @@ def write_split(src: dict[str, np.ndarray], inner: np.ndarray, outer: np.ndarray
     return tr, te
 
 
-def medseg(args: list[str], log: Path) -> None:
-    with open(log, "a") as f:
-        r = subprocess.run([sys.executable, "-m", "medseg.cli", *args], stdout=f,
-                           stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if r.returncode != 0:
-        raise SystemExit(f"medseg {args[0]} failed, see {log}")
-
-
 def run_outer(k: int, tr: Path, te: Path, work: Path, train_flags: list[str],
               tta: bool) -> None:
     model, log = work / f"outer_{k}" / "model", work / f"outer_{k}" / "log.txt"
     if not (model / "oof_metrics.json").exists():
-        medseg(["train", "--task", "classification", "--dataset", str(tr), "--output",
-                str(model), *train_flags], log)
+        run_medseg(["train", "--task", "classification", "--dataset", str(tr), "--output",
+                    str(model), *train_flags], log, threads=1)
     for name, extra in (("pred", []),) + ((("pred_tta", ["--tta"]),) if tta else ()):
         out = work / f"outer_{k}" / name
         if not (out / "predictions.csv").exists():
-            medseg(["predict", "--model", str(model), "--input", str(te), "--split", "test",
-                    "--output", str(out), *extra], log)
+            run_medseg(["predict", "--model", str(model), "--input", str(te), "--split",
+                        "test", "--output", str(out), *extra], log, threads=1)
 
 
 def main(argv: list[str] | None = None) -> int:
