@@ -37,12 +37,12 @@ from medseg.data.convert import fill_outline_masks
 from medseg.data.splits import subject_of
 from medseg.io import read_image, read_label, write_label
 from medseg.metrics import dice
+from medseg.metrics.aggregate import bootstrap_mean_ci
 from medseg.metrics.shape import fit_ellipse
 from medseg.model_folder import ModelFolder
 from medseg.tasks.segmentation import SegmentationModel
 from medseg.training.config import ExperimentConfig
 from medseg.training.engine import train
-from medseg.training.oof import bootstrap_mean_ci
 
 #: The subject id of an HC18 image name (``hc18.yaml``'s ``data.group_regex``).
 SUBJECT = r"^(\d+)_"

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from medseg.data.classification import load_images, open_classification
+from medseg.metrics.aggregate import bootstrap_mean_ci
 from medseg.metrics.calibration import classification_calibration
 from medseg.metrics.classification import evaluate_classification
 from medseg.metrics.thresholds import choose_threshold
 from medseg.model_folder import ModelFolder
 from medseg.tasks.classification import classifier_logits, preprocess_cls_images, tta_flip_axes
-from medseg.training.oof import bootstrap_mean_ci
 from medseg.uncertainty.calibration import fit_temperature
 
 

@@ -211,7 +211,7 @@ def test_cluster_bootstrap_resamples_subjects() -> None:
     """Three identical images per subject are one observation, not three: resampling subjects
     gives exactly the interval of one image per subject (same seed, same draws), resampling
     images a narrower one (about 1/sqrt(3))."""
-    from medseg.training.oof import bootstrap_mean_ci
+    from medseg.metrics.aggregate import bootstrap_mean_ci
 
     rng = np.random.default_rng(3)
     y1 = rng.integers(0, 2, 60)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 
 from medseg.io.atomic import atomic_write_text
-from medseg.metrics.aggregate import json_safe
+from medseg.metrics.aggregate import bootstrap_mean_ci, json_safe
 
 OOF_NAME = "oof.json"
 
@@ -38,46 +36,6 @@ def _rows(out: Path, names: list[str]) -> list[dict[str, Any]]:
         doc = json.loads((out / name / OOF_NAME).read_text())
         rows += [{**r, "fold": int(doc["fold"])} for r in doc["rows"]]
     return rows
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                      groups: Sequence[str] | None = None) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (NaN values left out).
-
-    Args:
-        values: ``(N,)`` per-case values.
-        n_boot: Resamples.
-        seed: Seed of the resampling.
-        groups: ``N`` subject ids: resample subjects, not cases (a cluster bootstrap; each
-            replicate's mean is over all the finite values of the subjects drawn). Cases of one
-            subject are correlated, so resampling them one by one gives too narrow an
-            interval. With one case per subject this is the ordinary bootstrap (the same draws
-            for the same seed).
-
-    Returns:
-        ``(low, high)``; NaN when no value is finite.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    finite = ~np.isnan(values)
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        v = values[finite]
-        if v.size == 0:
-            return math.nan, math.nan
-        means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    else:
-        if len(groups) != values.size:
-            raise ValueError(f"{len(groups)} group ids for {values.size} values")
-        keys = [g for g, f in zip(groups, finite, strict=True) if f]
-        if not keys:
-            return math.nan, math.nan
-        order = {g: i for i, g in enumerate(dict.fromkeys(keys))}  # first appearance
-        index = np.array([order[g] for g in keys])
-        sums = np.bincount(index, weights=values[finite], minlength=len(order))
-        counts = np.bincount(index, minlength=len(order)).astype(np.float64)
-        draw = rng.integers(0, len(order), (n_boot, len(order)))
-        means = sums[draw].sum(1) / counts[draw].sum(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def write_out_of_fold(out: Path, names: list[str], task: str,
