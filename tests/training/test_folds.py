@@ -36,7 +36,7 @@ def npz(tmp_path_factory):
     return p, y
 
 
-def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
+def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path, capsys):
     p, y = npz
     out = tmp_path / "cv"
     assert main(["train", "--dataset", str(p), "--output", str(out), "--folds", "3", *CLS]) == 0
@@ -113,6 +113,33 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path):
     th = decision["thresholds"]["1"]
     assert [r["prediction"] for r in preds] == ["1" if float(r["p_1"]) >= th else "0"
                                                 for r in preds]
+    assert decision["temperature"] == pytest.approx(t)
+    # medseg calibrate on other labelled images fits another temperature: decision.json keeps
+    # the threshold as chosen, and predict uses the same operating point on the logits
+    from medseg.metrics.thresholds import threshold_at_temperature
+
+    capsys.readouterr()
+    yv = data["val_labels"].copy()
+    yv[::2] = 1 - yv[::2]  # half relabelled: the fit lands on another temperature
+    other = tmp_path / "other.npz"
+    np.savez(other, val_images=data["val_images"], val_labels=yv)
+    assert main(["calibrate", "--model", str(out), "--data", str(other), "--split", "val",
+                 "--device", "cpu", "--force"]) == 0
+    t2 = read_temperature(out)
+    assert t2 != pytest.approx(t)
+    moved = threshold_at_temperature(th, t, t2)
+    assert f"1 {th:.4f} -> {moved:.4f}" in capsys.readouterr().out
+    assert json.loads((out / "decision.json").read_text()) == decision
+    pred2 = tmp_path / "p_recal"
+    assert main(["predict", "--model", str(out), "--input", str(p), "--split", "test",
+                 "--output", str(pred2), "--device", "cpu"]) == 0
+    copy = json.loads((pred2 / "decision.json").read_text())
+    assert copy["thresholds"]["1"] == pytest.approx(moved, abs=1e-12)
+    assert copy["temperature"] == pytest.approx(t2)
+    assert copy["moved_from"] == {**copy["moved_from"], "temperature": t, "thresholds": {"1": th}}
+    preds2 = list(csv.DictReader(open(pred2 / "predictions.csv")))
+    assert [r["prediction"] for r in preds2] == ["1" if float(r["p_1"]) >= moved else "0"
+                                                 for r in preds2]
 
 
 def test_a_fold_resumes_after_an_interrupt(npz, tmp_path):

@@ -73,3 +73,37 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, rule: str = "youden
         i = int(np.flatnonzero(j >= j.max() - 1e-12)[0])
     return {"threshold": float(cand[i]), "sensitivity": float(sens[i]),
             "specificity": float(spec[i]), "youden": float(sens[i] + spec[i] - 1.0)}
+
+
+def threshold_at_temperature(threshold: float, t_from: float, t_to: float) -> float:
+    """The probability threshold at temperature ``t_to`` that makes the decisions
+    ``threshold`` made at temperature ``t_from``.
+
+    A tempered probability is ``p = sigmoid(z / T)`` (a sigmoid output; for a two-class softmax
+    ``z`` is the logit difference), so ``p >= t`` at ``T_from`` exactly when
+    ``z >= T_from logit(t)``, i.e. when ``sigmoid(z / T_to) >= sigmoid(T_from logit(t) / T_to)``:
+    the same operating point on the logits, re-expressed in the new probabilities. Exact for one
+    model; for an ensemble (members tempered, then averaged) it is the threshold of a member
+    whose logit sits at the old operating point.
+
+    Args:
+        threshold: The threshold at ``t_from``; 0 and 1 (every / no case positive) stay.
+        t_from: The temperature it was chosen at (> 0).
+        t_to: The temperature the probabilities now carry (> 0).
+
+    Returns:
+        The threshold at ``t_to``.
+
+    Raises:
+        ValueError: a temperature that is not a finite positive number.
+    """
+    import math
+
+    for t in (t_from, t_to):
+        if not (math.isfinite(t) and t > 0.0):
+            raise ValueError(f"temperatures must be finite and positive, got {t}")
+    th = float(threshold)
+    if th <= 0.0 or th >= 1.0 or t_from == t_to:
+        return th
+    z = t_from * (math.log(th) - math.log1p(-th)) / t_to
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))

@@ -374,6 +374,11 @@ class Task(ABC):
         a task may choose settings on the out-of-fold predictions here. Default: nothing."""
         return None
 
+    def after_calibration(self, folder: Any, log: Log) -> None:
+        """Say what a new temperature (``medseg calibrate``) changes beyond
+        ``calibration.json``; nothing by default."""
+        return None
+
     def calibration_set_from(self, folder: Any, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,
                              ids: Sequence[str] | None = None) -> Any:

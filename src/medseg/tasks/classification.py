@@ -599,6 +599,43 @@ def read_decision(folder: Path) -> dict[str, Any]:
     return doc
 
 
+def model_decision(folder: ModelFolder) -> dict[str, Any]:
+    """The model folder's ``decision.json`` with its thresholds at the temperature prediction
+    now applies (:meth:`ModelFolder.temperatures`; their mean if the members carry different
+    ones), or {}.
+
+    The thresholds are chosen on out-of-fold probabilities at the temperature fitted on them
+    (stored as ``"temperature"``); after ``medseg calibrate`` fits another one, the same
+    operating point on the logits is a different probability
+    (:func:`medseg.metrics.thresholds.threshold_at_temperature`), so the sensitivity and
+    specificity stored with it still describe the decisions. A file without ``"temperature"``
+    (written before 2026-12-06) is taken as it is.
+
+    Raises:
+        InputError: an unreadable or invalid ``decision.json`` or ``calibration.json``.
+    """
+    from medseg.metrics.thresholds import threshold_at_temperature
+
+    doc = read_decision(folder.path)
+    if not doc or "temperature" not in doc:
+        return doc
+    try:
+        t_from = float(doc["temperature"])
+        now = float(np.mean(folder.temperatures()))
+        if math.isclose(t_from, now, rel_tol=1e-9):
+            return doc
+        moved = {n: threshold_at_temperature(t, t_from, now)
+                 for n, t in doc["thresholds"].items()}
+    except (ValueError, TypeError) as e:
+        raise InputError(f"decision.json is invalid ({e})", folder.path / "decision.json",
+                         "delete it (predictions then use 0.5 / the most probable class)"
+                         ) from None
+    return {**doc, "thresholds": moved, "temperature": now,
+            "moved_from": {"temperature": t_from, "thresholds": doc["thresholds"],
+                           "why": "recalibrated: the same operating point on the logits at "
+                                  "the new temperature"}}
+
+
 def uncertainty_columns(task: str, names: list[str]) -> list[str]:
     """The uncertainty columns of ``predictions.csv``: per image for single-label (variances
     of the predicted class), per label for multi-label."""
@@ -667,7 +704,7 @@ def predict_classification(folder: ModelFolder, input_path: str | Path,
     probs = probabilities(out_probs)
     names = plan.class_names
     hard = out_probs.hard().numpy()
-    decision = read_decision(folder.path)
+    decision = model_decision(folder)
     if decision:  # the operating point chosen on out-of-fold predictions
         th = decision["thresholds"]
         # threshold the values predictions.csv holds (6 decimals), so evaluate agrees
@@ -1077,6 +1114,17 @@ class ClassificationTask(Task):
             torch.stack([z for z, _ in parts]), parts[0][1], kind,
             f"{data}" + (f" split {split}" if split else "") + f" ({len(ids)} image(s))",
             len(ids))
+
+    def after_calibration(self, folder: ModelFolder, log: Log) -> None:
+        """The stored operating point at the new temperature (``decision.json`` keeps the
+        thresholds as chosen; predict moves them, :func:`model_decision`)."""
+        d = model_decision(folder)
+        if "moved_from" in d:
+            old = d["moved_from"]["thresholds"]
+            log(f"decision.json: the {d['rule']} operating point chosen on out-of-fold "
+                f"predictions at temperature {d['moved_from']['temperature']:.3f} is now "
+                + ", ".join(f"{n} {old[n]:.4f} -> {t:.4f}" for n, t in d["thresholds"].items())
+                + " (the same logit; its stored sensitivity / specificity still hold)")
 
     def recognises(self, pred: Path) -> bool:
         return pred.suffix.lower() == ".csv" or (pred / "predictions.csv").is_file()

@@ -97,7 +97,7 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any,
     doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
                                    "image(s))", len(rows)))
     write_calibration(out, doc, overwrite=True)
-    decision = _decision(out, logits / doc["temperature"], labels, single, names)
+    decision = _decision(out, logits, doc["temperature"], labels, single, names)
     m, ci = res["macro"], res.get("ci", {}).get("macro", {})
     parts = []
     for key in ("auroc", "accuracy"):
@@ -112,10 +112,12 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any,
     return text
 
 
-def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
-              names: list[str]) -> dict[str, Any] | None:
-    """``decision.json``: the operating point of ``train.threshold`` on the (temperature-
-    scaled) out-of-fold probabilities — binary single-label (class 1) or every label."""
+def _decision(out: Path, logits: torch.Tensor, temperature: float, labels: np.ndarray,
+              single: bool, names: list[str]) -> dict[str, Any] | None:
+    """``decision.json``: the operating point of ``train.threshold`` on the out-of-fold
+    probabilities at ``temperature`` — binary single-label (class 1) or every label. The
+    temperature is stored with the thresholds, so a later ``medseg calibrate`` keeps the operating
+    point (:func:`medseg.tasks.classification.model_decision`)."""
     from medseg.metrics.thresholds import choose_threshold
     from medseg.model_folder import ModelFolder
 
@@ -123,7 +125,8 @@ def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
     rule, _, target = cfg.train.threshold.partition(":")
     if single and len(names) != 2:
         return None  # multi-class: the most probable class
-    probs = (torch.softmax(logits, 1) if single else torch.sigmoid(logits)).numpy()
+    z = logits / temperature
+    probs = (torch.softmax(z, 1) if single else torch.sigmoid(z)).numpy()
     chosen = {}
     if single:
         chosen[names[1]] = choose_threshold(probs[:, 1], labels == 1, rule,
@@ -140,6 +143,7 @@ def _decision(out: Path, logits: torch.Tensor, labels: np.ndarray, single: bool,
                              "youden": None}
     doc = {"rule": cfg.train.threshold, "chosen_on": "out-of-fold probabilities after "
            "temperature scaling", "n_cases": int(len(labels)),
+           "temperature": float(temperature),
            "thresholds": {n: c["threshold"] for n, c in chosen.items()},
            "operating_points": chosen}
     atomic_write_text(out / "decision.json", json.dumps(json_safe(doc), indent=2))

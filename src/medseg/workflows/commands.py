@@ -288,6 +288,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     write_calibration(folder.path, doc, overwrite=a.force)
     print(describe(doc))
     print(f"written: {path}")
+    task.after_calibration(folder, print)
     return 0
 
 
