@@ -8,6 +8,7 @@ import pytest
 from medseg.metrics.calibration import (
     brier_score,
     classification_calibration,
+    ece_if_calibrated,
     expected_calibration_error,
     reliability_bins,
     segmentation_calibration,
@@ -233,3 +234,50 @@ def test_voxel_level_mask_excludes_exactly_on_a_volume():
                                          else _loop_mass_ece(conf, correct, 8), abs=1e-12)
     empty = segmentation_calibration(probs, labels, np.zeros((6, 7, 8)), binning="mass")
     assert empty["n"] == 0 and empty["ece"] is None and empty["brier"] is None
+
+
+def test_ece_of_a_calibrated_forecaster_matches_the_binomial_closed_form():
+    # n cases all at confidence c fall in one bin: ECE = |Y / n - c|, Y ~ Binomial(n, c), whose
+    # mean is a finite sum over the binomial pmf
+    from scipy.stats import binom
+
+    n, c = 40, 0.8
+    k = np.arange(n + 1)
+    exact = float(np.sum(binom.pmf(k, n, c) * np.abs(k / n - c)))  # 0.0508...
+    r = ece_if_calibrated(np.full(n, c), n_sim=4000, seed=1)
+    se = 0.04 / np.sqrt(4000)  # the ECE's sd here is below 0.04
+    assert r["mean"] == pytest.approx(exact, abs=4 * se)
+    assert r["n_sim"] == 4000 and "p_value" not in r
+    lo, hi = r["interval95"]
+    vals, order = np.abs(k / n - c), np.argsort(np.abs(k / n - c), kind="stable")
+    cdf = np.cumsum(binom.pmf(k, n, c)[order])
+    q975 = vals[order][np.searchsorted(cdf, 0.975)]  # the exact 97.5% quantile
+    assert abs(hi - q975) <= 1 / n + 1e-12  # within one step of the discrete distribution
+    assert lo <= 1 / n and lo < exact < hi
+    # the floor shrinks like 1 / sqrt(n)
+    big = ece_if_calibrated(np.full(4 * n, c), n_sim=4000, seed=1)
+    assert big["mean"] == pytest.approx(r["mean"] / 2, rel=0.1)
+
+
+def test_ece_if_calibrated_p_value_tells_overconfident_from_calibrated():
+    rng = np.random.default_rng(7)  # not the function's own seed 0: independent draws
+    conf = rng.uniform(0.55, 1.0, 300)
+    calibrated = (rng.random(300) < conf).astype(float)
+    over = (rng.random(300) < conf - 0.2).astype(float)  # 0.2 too confident everywhere
+    e_cal = expected_calibration_error(conf, calibrated)[0]
+    e_over = expected_calibration_error(conf, over)[0]
+    r_cal = ece_if_calibrated(conf, e_cal, n_sim=500)
+    r_over = ece_if_calibrated(conf, e_over, n_sim=500)
+    assert r_cal["p_value"] > 0.05
+    assert r_over["p_value"] == pytest.approx(1 / 501)
+    assert ece_if_calibrated(np.array([]), 0.1) is None
+    assert ece_if_calibrated(conf, 0.1, n_sim=0) is None
+    # evaluate's calibration block carries it, for single- and multi-label
+    p = np.stack([1 - conf, conf], 1)
+    out = classification_calibration(p, np.ones(300, int), "single", n_sim=50)
+    assert out["ece_if_calibrated"]["n_sim"] == 50
+    assert out["ece_if_calibrated"]["mean"] == pytest.approx(
+        ece_if_calibrated(conf, n_sim=50)["mean"])
+    multi = classification_calibration(p, np.stack([np.zeros(300), np.ones(300)], 1), "multi",
+                                       n_sim=0)
+    assert multi["ece_if_calibrated"] is None

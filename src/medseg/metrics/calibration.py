@@ -19,6 +19,12 @@
   binning.
 * :func:`brier_score` — mean squared error of the probability vector against the one-hot outcome,
   ``(1/N) sum_i sum_c (p_ic - y_ic)^2`` (0 is perfect; 2 is the worst for a multi-class row).
+* :func:`ece_if_calibrated` — what the ECE of *these* confidences would be if they were
+  perfectly calibrated (consistency resampling, Bröcker & Smith 2007): outcomes drawn as
+  Bernoulli(confidence), the ECE recomputed each time; its mean and 95% range are the
+  measurement's floor at this sample size, and the share of draws at or above the observed ECE
+  is a p-value for "calibrated". On 156 images an ECE of 0.05 can be what a calibrated model
+  shows; on 5000 it cannot.
 * :func:`classification_calibration` — what ``medseg evaluate`` reports for a classifier:
   single-label uses the top-label confidence (max probability; correct when the argmax is the
   true class); multi-label pools every *observed* (label != -1) entry, confidence ``p`` against
@@ -126,6 +132,42 @@ def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray, n_bi
     return float(np.sum(b["count"][keep] / n * gap)), float(gap.max())
 
 
+def ece_if_calibrated(confidence: np.ndarray, observed: float | None = None, n_bins: int = 15,
+                      binning: str = "width", n_sim: int = 1000, seed: int = 0
+                      ) -> dict[str, Any] | None:
+    """The ECE a perfectly calibrated forecaster with these confidences shows on this many
+    cases (consistency resampling): outcomes drawn as Bernoulli(confidence), ``n_sim`` times.
+
+    Args:
+        confidence: ``(N,)`` probabilities in [0, 1] (the top-label confidence, or a sigmoid).
+        observed: The ECE measured with the real outcomes (for the p-value), or ``None``.
+        n_bins: Number of bins (as for the observed ECE).
+        binning: ``"width"`` or ``"mass"`` (as for the observed ECE).
+        n_sim: Number of simulated outcome sets.
+        seed: Seed of the draws.
+
+    Returns:
+        ``{"mean", "interval95": [lo, hi], "n_sim"}`` and, with ``observed``,
+        ``"p_value"`` = ``(1 + #{simulated ECE >= observed}) / (1 + n_sim)`` (small: the
+        observed miscalibration is more than this sample size explains); ``None`` for no
+        cases or ``n_sim < 1``.
+    """
+    c = np.asarray(confidence, dtype=np.float64).ravel()
+    if c.size == 0 or n_sim < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    sims = np.empty(n_sim)
+    for i in range(n_sim):
+        outcome = (rng.random(c.size) < c).astype(np.float64)
+        sims[i] = expected_calibration_error(c, outcome, n_bins, binning)[0]
+    lo, hi = np.percentile(sims, [2.5, 97.5])
+    out: dict[str, Any] = {"mean": float(sims.mean()), "interval95": [float(lo), float(hi)],
+                           "n_sim": int(n_sim)}
+    if observed is not None and np.isfinite(observed):
+        out["p_value"] = float((1 + np.sum(sims >= observed - 1e-12)) / (1 + n_sim))
+    return out
+
+
 def brier_score(probs: np.ndarray, onehot: np.ndarray) -> float:
     """Mean over rows of ``sum_c (p_c - y_c)^2``.
 
@@ -156,7 +198,7 @@ def bins_json(b: dict[str, np.ndarray]) -> dict[str, list]:
 
 def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
                                class_names: Sequence[str] | None = None, n_bins: int = 15,
-                               binning: str = "width") -> dict[str, Any]:
+                               binning: str = "width", n_sim: int = 1000) -> dict[str, Any]:
     """ECE, MCE, Brier score and reliability bins of a classifier's probabilities.
 
     Args:
@@ -166,11 +208,12 @@ def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
         class_names: Label names for the per-label results (multi-label).
         n_bins: Number of bins.
         binning: ``"width"`` (equal-width, the default) or ``"mass"`` (equal-count).
+        n_sim: Simulated outcome sets of :func:`ece_if_calibrated` (0: none).
 
     Returns:
         ``{"n_bins", "binning", "ece", "mce", "brier", "reliability": {edges, count,
-        confidence, frequency}}`` plus ``"per_label": {name: {"ece", "mce", "brier", "n"}}``
-        (multi-label).
+        confidence, frequency}, "ece_if_calibrated"}`` plus ``"per_label": {name: {"ece",
+        "mce", "brier", "n"}}`` (multi-label).
     """
     _check_binning(binning)
     p = np.asarray(probs, dtype=np.float64)
@@ -184,7 +227,9 @@ def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
         out: dict[str, Any] = {"n_bins": n_bins, "binning": binning, "ece": ece, "mce": mce,
                                "brier": brier_score(p, onehot),
                                "reliability": bins_json(reliability_bins(conf, correct, n_bins,
-                                                                          binning))}
+                                                                          binning)),
+                               "ece_if_calibrated": ece_if_calibrated(conf, ece, n_bins, binning,
+                                                                      n_sim)}
         return out
     if task != "multi":
         raise ValueError(f"task must be 'single' or 'multi', got {task!r}")
@@ -202,6 +247,7 @@ def classification_calibration(probs: np.ndarray, labels: np.ndarray, task: str,
     return {"n_bins": n_bins, "binning": binning, "ece": ece, "mce": mce,
             "brier": brier_score(conf, outcome),
             "reliability": bins_json(reliability_bins(conf, outcome, n_bins, binning)),
+            "ece_if_calibrated": ece_if_calibrated(conf, ece, n_bins, binning, n_sim),
             "per_label": per_label}
 
 

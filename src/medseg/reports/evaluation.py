@@ -201,6 +201,11 @@ def classification_report(
     for k in ("ece", "mce", "brier"):
         if k in cal:
             mrows.append(["calibration", k, _num(cal.get(k)), math.nan, math.nan])
+    floor = cal.get("ece_if_calibrated") or {}
+    if floor:  # the ECE's own noise at this sample size (consistency resampling)
+        lo, hi = floor.get("interval95") or (math.nan, math.nan)
+        mrows.append(["calibration", "ece of a calibrated model", _num(floor.get("mean")),
+                      _num(lo), _num(hi)])
     level = ci.get("level", 0.95)
     metrics = Table(header, mrows, caption=(
         f"{100 * float(level):g}% percentile bootstrap intervals over cases "
@@ -248,6 +253,11 @@ def classification_report(
                      "calibration of these predictions: ECE "
                      f"{_num(cal.get('ece')):.4f} (equal-width bins); pass --model for the "
                      "ECE before / after temperature scaling")
+    if floor and "p_value" in floor:
+        notes.append("a perfectly calibrated model with these confidences would show ECE "
+                     f"{_num(floor.get('mean')):.4f} on this many cases (95% of draws "
+                     f"{_num(lo):.4f}-{_num(hi):.4f}; p = {_num(floor['p_value']):.3f} for the "
+                     "observed ECE): below that, the ECE cannot tell calibrated from not")
     if card is not None:  # the model's own calibration, next to this evaluation's ECE
         model_cal = [f"model calibration: {k} {v}" for k, v in card.section(
             "Validation results").rows if k.startswith(("ECE", "temperature"))]

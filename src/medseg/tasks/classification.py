@@ -1006,7 +1006,12 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
         parts.append(f"{k}={m[k]:.4f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]"
                                           if iv and None not in iv else ""))
     if cal["ece"] is not None:
-        parts.append(f"ECE={cal['ece']:.4f} Brier={cal['brier']:.4f}")
+        floor = cal.get("ece_if_calibrated")
+        parts.append(f"ECE={cal['ece']:.4f}" + (
+            f" (a calibrated model on {len(ids)} case(s): {floor['mean']:.3f} "
+            f"[{floor['interval95'][0]:.3f}, {floor['interval95'][1]:.3f}], "
+            f"p={floor['p_value']:.2f})" if floor and "p_value" in floor else "")
+            + f" Brier={cal['brier']:.4f}")
     if decision["thresholds"]:
         parts.append(f"at the stored {decision['rule']} threshold(s) " + ", ".join(
             f"{n} {t:.4f}" for n, t in decision["thresholds"].items()))
