@@ -270,6 +270,17 @@ def test_ece_if_calibrated_p_value_tells_overconfident_from_calibrated():
     r_over = ece_if_calibrated(conf, e_over, n_sim=500)
     assert r_cal["p_value"] > 0.05
     assert r_over["p_value"] == pytest.approx(1 / 501)
+    # the same draws through expected_calibration_error, one outcome set at a time
+    draws = np.random.default_rng(0)
+    direct = [expected_calibration_error(conf, (draws.random(300) < conf).astype(float))[0]
+              for _ in range(50)]
+    for binning in ("width", "mass"):
+        draws = np.random.default_rng(0)
+        want = [expected_calibration_error(conf, (draws.random(300) < conf).astype(float),
+                                           binning=binning)[0] for _ in range(50)]
+        assert ece_if_calibrated(conf, binning=binning, n_sim=50)["mean"] == pytest.approx(
+            np.mean(want), abs=1e-12)
+    assert ece_if_calibrated(conf, n_sim=50)["mean"] == pytest.approx(np.mean(direct), abs=1e-12)
     assert ece_if_calibrated(np.array([]), 0.1) is None
     assert ece_if_calibrated(conf, 0.1, n_sim=0) is None
     # evaluate's calibration block carries it, for single- and multi-label

@@ -65,6 +65,16 @@ def _mass_edges(c: np.ndarray, n_bins: int) -> np.ndarray:
     return np.concatenate([srt[:1], srt[ranks - 1]])
 
 
+def _bin_index(c: np.ndarray, n_bins: int, binning: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(edges (n_bins + 1,), bin of each confidence (N,))`` of either binning."""
+    if binning == "width":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        return edges, np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    edges = _mass_edges(c, n_bins)
+    # the first bin whose upper edge is >= c: right-closed bins, a tie run stays together
+    return edges, np.clip(np.searchsorted(edges[1:], c, side="left"), 0, n_bins - 1)
+
+
 def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15,
                      binning: str = "width") -> dict[str, np.ndarray]:
     """Confidence bins with their mean confidence and observed frequency.
@@ -96,13 +106,7 @@ def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 
         raise ValueError("confidences must be finite probabilities in [0, 1]")
     if o.size and not np.isin(o, (0.0, 1.0)).all():
         raise ValueError("outcomes must be 0 or 1")
-    if binning == "width":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        idx = np.clip(np.ceil(c * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    else:
-        edges = _mass_edges(c, n_bins)
-        # the first bin whose upper edge is >= c: right-closed bins, a tie run stays together
-        idx = np.clip(np.searchsorted(edges[1:], c, side="left"), 0, n_bins - 1)
+    edges, idx = _bin_index(c, n_bins, binning)
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.bincount(idx, weights=c, minlength=n_bins) / count
@@ -155,11 +159,16 @@ def ece_if_calibrated(confidence: np.ndarray, observed: float | None = None, n_b
     c = np.asarray(confidence, dtype=np.float64).ravel()
     if c.size == 0 or n_sim < 1:
         return None
+    reliability_bins(c, np.zeros_like(c), n_bins, binning)  # the same checks as the ECE's
+    _, idx = _bin_index(c, n_bins, binning)
+    count = np.bincount(idx, minlength=n_bins)
+    keep = count > 0
+    mean_conf = np.bincount(idx, weights=c, minlength=n_bins)[keep] / count[keep]
     rng = np.random.default_rng(seed)
     sims = np.empty(n_sim)
-    for i in range(n_sim):
-        outcome = (rng.random(c.size) < c).astype(np.float64)
-        sims[i] = expected_calibration_error(c, outcome, n_bins, binning)[0]
+    for i in range(n_sim):  # the bins depend on the confidences only: count the outcomes
+        hits = np.bincount(idx, weights=rng.random(c.size) < c, minlength=n_bins)[keep]
+        sims[i] = np.sum(np.abs(hits - count[keep] * mean_conf)) / c.size
     lo, hi = np.percentile(sims, [2.5, 97.5])
     out: dict[str, Any] = {"mean": float(sims.mean()), "interval95": [float(lo), float(hi)],
                            "n_sim": int(n_sim)}
