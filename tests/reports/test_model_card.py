@@ -80,6 +80,13 @@ def test_card_from_model_folder(seg_model: Path):
     limits = " ".join(model_card(ModelFolder.open(seg_model), "dice_mean", True)
                       .section("Known limits").text)
     assert "the fold ensemble that predicts" in limits and "medseg calibrate" in limits
+    # the structured field written since 2026-12-06 decides when present, whatever the text
+    for source, said in (("out-of-fold", True), ("validation split", False)):
+        cal.update(source=source, fitted_on="anything")
+        (seg_model / "calibration.json").write_text(json.dumps(cal))
+        limits = " ".join(model_card(ModelFolder.open(seg_model), "dice_mean", True)
+                          .section("Known limits").text)
+        assert ("the fold ensemble that predicts" in limits) is said
 
 
 def test_card_says_what_is_absent(tmp_path: Path):

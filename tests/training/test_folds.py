@@ -60,6 +60,7 @@ def test_classification_folds_oof_estimate_and_fold_ensemble(npz, tmp_path, caps
     assert lo <= est["macro"]["auroc"] <= hi
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["fitted_on"].startswith("the out-of-fold predictions")
+    assert cal["source"] == "out-of-fold"
     # the fold ensemble predicts the mean of its members (each at the folder's temperature)
     pred = tmp_path / "p"
     assert main(["predict", "--model", str(out), "--input", str(p), "--split", "test",

@@ -272,7 +272,9 @@ def model_card(folder: FolderLike, key_metric: str | None = None,
     cal = _read_json(path / "calibration.json")
     if cal is not None and "temperature" in cal:
         val.rows += calibration_rows(cal)
-        if oof is not None and str(cal.get("fitted_on", "")).startswith("the out-of-fold"):
+        oof_fit = cal.get("source") == "out-of-fold" or (  # files before 2026-12-06: the text
+            "source" not in cal and str(cal.get("fitted_on", "")).startswith("the out-of-fold"))
+        if oof is not None and oof_fit:
             limits.append(
                 "The temperature was fitted on single fold models' out-of-fold predictions; "
                 "the fold ensemble that predicts averages the folds and is less confident than "

@@ -96,6 +96,7 @@ def _classification(out: Path, rows: list[dict[str, Any]], plan: Any,
     z, y = observed_elements(logits, torch.from_numpy(labels), kind=kind)
     doc = calibrate(CalibrationSet(z, y, kind, f"the out-of-fold predictions ({len(rows)} "
                                    "image(s))", len(rows)))
+    doc["source"] = "out-of-fold"  # single fold models' logits (the model card reads it)
     write_calibration(out, doc, overwrite=True)
     decision = _decision(out, logits, doc["temperature"], labels, single, names)
     m, ci = res["macro"], res.get("ci", {}).get("macro", {})
