@@ -198,7 +198,13 @@ def _add_evaluate(sub: Any) -> None:
                    help="segmentation: surface of HD95/ASSD/NSD: full (8/26 neighbours, "
                         "default) or face (4/6 neighbours, MONAI's)")
     e.add_argument("--bootstrap", type=int, default=1000,
-                   help="classification: bootstrap resamples for the 95%% intervals")
+                   help="classification and segmentation: bootstrap resamples for the 95%% "
+                        "intervals (0: none)")
+    e.add_argument("--group-regex", default=None,
+                   help="classification and segmentation: the subject of each case, the "
+                        "regex's first group of its id (e.g. '^(\\d+)_' for HC18): the "
+                        "intervals resample subjects, since cases of one subject are not "
+                        "independent")
     e.add_argument("--allow-outside-root", action="store_true",
                    help="accept label-table / restoration.json paths that are absolute, use "
                         "'..' or lead out of their folder (only for tables you trust)")

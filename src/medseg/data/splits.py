@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, InputError
 
 
 def split_cases(ids: list[str], val_fraction: float, seed: int,
@@ -77,6 +79,27 @@ def subject_of(case_id: str, group_regex: str | None) -> str:
     if m is None:
         raise ConfigError(f"data.group_regex {group_regex!r} does not match case {case_id!r}")
     return m.group(1) if m.groups() else m.group(0)
+
+
+def case_subjects(ids: Sequence[str], group_regex: str | None, source: str | Path
+                  ) -> list[str] | None:
+    """The subject of each case for intervals that resample subjects (``evaluate
+    --group-regex``), or ``None`` without a regex.
+
+    Raises:
+        InputError: the regex is invalid or does not match a case (naming ``source``).
+    """
+    if not group_regex:
+        return None
+    try:
+        return [subject_of(str(i), group_regex) for i in ids]
+    except ConfigError as e:
+        raise InputError(str(e).replace("data.group_regex", "--group-regex"), source,
+                         "give a regex that matches every case name (its first group is "
+                         "the subject)") from None
+    except re.error as e:
+        raise InputError(f"--group-regex {group_regex!r} is not a regular expression ({e})",
+                         source, "fix the regex") from None
 
 
 def assign_folds(ids: list[str], k: int, seed: int, group_regex: str | None = None,

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,64 @@ def summarize(
     }
 
 
+def mean_intervals(case_results: Sequence[Mapping[str, Any]],
+                   metrics: Sequence[str] = SUMMARY_METRICS, n_boot: int = 1000, seed: int = 0,
+                   subjects: Sequence[str] | None = None) -> dict[str, Any]:
+    """95% percentile bootstrap intervals of the per-class and pooled means of
+    :func:`summarize` (NaN-aware), resampling whole cases — or subjects, when ``subjects``
+    gives each case's — with one draw for every class and metric
+    (:func:`medseg.metrics.classification.bootstrap_ci`).
+
+    Args:
+        case_results: Outputs of :func:`medseg.metrics.evaluate_case` (``N`` cases).
+        metrics: Metric keys (undefined values, e.g. an empty case's HD95, are left out).
+        n_boot: Resamples.
+        seed: Seed of the resampling.
+        subjects: ``N`` subject ids (cases of one subject drawn together), or ``None``.
+
+    Returns:
+        ``{"level": 0.95, "n_boot", "seed", "over": "cases" | "subjects", "n_groups",
+        "classes": {class_id: {metric: [low, high]}}, "pooled": {metric: [low, high]}}``
+        (class ids as ints where they are integers); the pooled mean runs over every (case,
+        class) pair, its interval resampling cases (subjects) too.
+    """
+    from medseg.metrics.classification import bootstrap_ci
+
+    classes = sorted({c for r in case_results for c in r.get("classes", {})},
+                     key=lambda c: (not str(c).lstrip("-").isdigit(),
+                                    int(c) if str(c).lstrip("-").isdigit() else 0, str(c)))
+    n, m, c = len(case_results), len(metrics), len(classes)
+    out: dict[str, Any] = {"level": 0.95, "n_boot": int(n_boot), "seed": int(seed),
+                           "over": "cases" if subjects is None else "subjects",
+                           "n_groups": n if subjects is None else len(set(subjects)),
+                           "classes": {}, "pooled": {}}
+    if n == 0 or m == 0 or c == 0 or n_boot < 1:
+        return out
+    vals = np.full((n, m, c), np.nan)
+    for i, r in enumerate(case_results):
+        for k, cls in enumerate(classes):
+            row = r["classes"].get(cls) or {}
+            for j, met in enumerate(metrics):
+                v = row.get(met)
+                vals[i, j, k] = math.nan if v is None else float(v)
+
+    def stat(a: np.ndarray) -> np.ndarray:  # (n, m, c) -> (m, c + 1): classes, then pooled
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_class = np.nanmean(a, axis=0)
+            pooled = np.nanmean(a.transpose(1, 0, 2).reshape(m, -1), axis=1)
+        return np.concatenate([per_class, pooled[:, None]], axis=1)
+
+    lo, hi = bootstrap_ci(stat, vals, n_boot=n_boot, seed=seed, clusters=subjects)
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    for k, cls in enumerate(classes):
+        key = int(cls) if str(cls).lstrip("-").isdigit() else str(cls)
+        out["classes"][key] = {met: [float(lo[j, k]), float(hi[j, k])]
+                               for j, met in enumerate(metrics)}
+    out["pooled"] = {met: [float(lo[j, c]), float(hi[j, c])] for j, met in enumerate(metrics)}
+    return out
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` as strict JSON values: mappings with text keys, lists (from tuples and arrays),
     Python bools / ints / floats from their NumPy kinds, and ``None`` for NaN and infinities
@@ -268,6 +327,10 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         return _restore(json.load(f))
 
 
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
 def _fmt(v: float | int) -> str:
     if isinstance(v, int):
         return str(v)
@@ -288,15 +351,20 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     if pol:
         lines.append(EmptyPolicy.from_dict(pol).describe())
     lines.append(f"cases: {summary.get('n_cases', 0)}")
-    header = ["class", "metric", *STAT_KEYS]
+    cis = summary.get("ci95")
+    header = ["class", "metric", *STAT_KEYS, *(["mean 95% CI"] if cis else [])]
     rows: list[list[str]] = []
-    groups = [(str(cid), stats) for cid, stats in summary.get("classes", {}).items()]
-    groups.append(("all", summary.get("pooled", {})))
-    for name, stats in groups:
+    groups = [(str(cid), stats, (cis or {}).get("classes", {}).get(cid, {}))
+              for cid, stats in summary.get("classes", {}).items()]
+    groups.append(("all", summary.get("pooled", {}), (cis or {}).get("pooled", {})))
+    for name, stats, intervals in groups:
         for metric, st in stats.items():
             unit = _UNITS.get(metric)
             label = f"{metric} [{unit}]" if unit else metric
-            rows.append([name, label, *(_fmt(st[k]) for k in STAT_KEYS)])
+            iv = intervals.get(metric)
+            shown = [] if not cis else [
+                f"[{_fmt(_num(iv[0]))}, {_fmt(_num(iv[1]))}]" if iv else "n/a"]
+            rows.append([name, label, *(_fmt(st[k]) for k in STAT_KEYS), *shown])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt_row(r: list[str]) -> str:
@@ -306,4 +374,7 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     lines.append(fmt_row(header))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(fmt_row(r) for r in rows)
+    if cis:
+        lines.append(f"95% CI: percentile bootstrap of the mean over {cis.get('over', 'cases')} "
+                     f"({cis.get('n_groups', '?')}; {cis.get('n_boot', '?')} resamples)")
     return "\n".join(lines)

@@ -131,7 +131,8 @@ def segmentation_report(
             ("cases", str(len(results)))]
     rep = Report("medseg evaluation", info=info,
                  notes=[policy_note(summary.get("policy"))],
-                 metrics=segmentation_metric_table(results, metrics, names),
+                 metrics=segmentation_metric_table(results, metrics, names,
+                                                   intervals=summary.get("ci95")),
                  cases=table, figures=list(figures),
                  sections=extra_sections(summary, SEGMENTATION_KEYS), model_card=card,
                  key_names=names)
@@ -208,7 +209,8 @@ def classification_report(
                       _num(lo), _num(hi)])
     level = ci.get("level", 0.95)
     metrics = Table(header, mrows, caption=(
-        f"{100 * float(level):g}% percentile bootstrap intervals over cases "
+        f"{100 * float(level):g}% percentile bootstrap intervals over "
+        f"{ci.get('resampled', 'cases')} "
         f"({ci.get('n_boot', 'n/a')} resamples, seed {ci.get('seed', 'n/a')}"
         + (", stratified by class" if ci.get("stratified") else "") + ")"
         if ci else "no bootstrap intervals (--bootstrap 0)"))

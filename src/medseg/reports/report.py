@@ -22,7 +22,6 @@ import base64
 import html
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from medseg.io.atomic import atomic_write_text
-from medseg.metrics.classification import bootstrap_ci
+from medseg.metrics.aggregate import mean_intervals
 from medseg.metrics.policy import EmptyPolicy
 from medseg.reports.model_card import ModelCard, fmt
 from medseg.reports.slices import CaseImages
@@ -41,7 +40,7 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
        "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
 #: Summary keys the report shows in its own tables (others become generic sections).
 SEGMENTATION_KEYS = frozenset({"n_cases", "policy", "metrics", "classes", "pooled",
-                               "class_names"})
+                               "class_names", "ci95"})
 #: Lists longer than this are summarised in generic sections ("N values, see metrics.json").
 MAX_LIST = 16
 #: Longer texts of a generic section are shown as key / value rows, not as table cells.
@@ -103,18 +102,14 @@ def _value(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-def _nanmean0(a: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(a, axis=0)
-
-
 def segmentation_metric_table(
     case_results: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
     class_names: Mapping[str, str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    subjects: Sequence[str] | None = None,
+    intervals: Mapping[str, Any] | None = None,
 ) -> Table:
     """Mean, 95% bootstrap interval, median and counts per class and metric, and pooled.
 
@@ -124,6 +119,9 @@ def segmentation_metric_table(
         class_names: Class id (text) -> name.
         n_boot: Bootstrap resamples (cases drawn with replacement).
         seed: Seed of the resampling.
+        subjects: One subject id per case: subjects are resampled instead.
+        intervals: :func:`medseg.metrics.aggregate.mean_intervals` already computed (the
+            evaluation's ``summary["ci95"]``), used instead of drawing again.
 
     Returns:
         Rows ``class, metric, mean, ci_low, ci_high, median, n, n_nan``; the mean is NaN-aware
@@ -135,9 +133,9 @@ def segmentation_metric_table(
                      key=lambda c: (not c.lstrip("-").isdigit(), int(c) if c.lstrip(
                          "-").isdigit() else 0, c))
     n, m, c = len(case_results), len(metrics), len(classes)
+    header = ["class", "metric", "mean", "ci_low", "ci_high", "median", "n", "n_nan"]
     if n == 0 or m == 0 or c == 0:
-        return Table(["class", "metric", "mean", "ci_low", "ci_high", "median", "n", "n_nan"],
-                     [])
+        return Table(header, [])
     vals = np.full((n, m, c), np.nan)
     for i, r in enumerate(case_results):
         for k, cls in enumerate(classes):
@@ -145,30 +143,35 @@ def segmentation_metric_table(
                 int(cls) if cls.lstrip("-").isdigit() else cls) or {}
             for j, met in enumerate(metrics):
                 vals[i, j, k] = _value(row.get(met))
+    ci = intervals if intervals is not None else mean_intervals(
+        case_results, metrics, n_boot=n_boot, seed=seed, subjects=subjects)
 
-    def stat(a: np.ndarray) -> np.ndarray:  # (n, m, c) -> (m, c + 1)
-        per_class = _nanmean0(a)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pooled = np.nanmean(a.transpose(1, 0, 2).reshape(m, -1), axis=1)
-        return np.concatenate([per_class, pooled[:, None]], axis=1)
+    def interval(cls: str | None, met: str) -> list[float]:
+        if cls is None:
+            got = (ci.get("pooled") or {}).get(met)
+        else:
+            per = ci.get("classes") or {}
+            got = (per.get(cls) or per.get(int(cls) if cls.lstrip("-").isdigit() else cls)
+                   or {}).get(met)
+        return [_value(v) for v in got] if got else [math.nan, math.nan]
 
-    lo, hi = bootstrap_ci(stat, vals, n_boot=n_boot, seed=seed)
-    mean = stat(vals)
     rows = []
     for k, cls in enumerate([*classes, None]):
         for j, met in enumerate(metrics):
             v = vals[:, j, k] if cls is not None else vals[:, j, :].ravel()
             finite = v[~np.isnan(v)]
             rows.append([names.get(cls, f"class {cls}") if cls is not None else "all classes",
-                         met, float(mean[j, k]), float(np.asarray(lo)[j, k]),
-                         float(np.asarray(hi)[j, k]),
+                         met, float(finite.mean()) if finite.size else math.nan,
+                         *interval(cls, met),
                          float(np.median(finite)) if finite.size else math.nan,
                          int(finite.size), int(v.size - finite.size)])
-    return Table(["class", "metric", "mean", "ci_low", "ci_high", "median", "n", "n_nan"], rows,
-                 caption=f"mean over cases with a 95% percentile bootstrap interval ({n_boot} "
-                         f"resamples of the {n} case(s), seed {seed}); undefined (NaN) values "
-                         "are left out and counted in n_nan")
+    over = ci.get("over", "cases")
+    return Table(header, rows,
+                 caption=f"mean over cases with a 95% percentile bootstrap interval "
+                         f"({ci.get('n_boot', n_boot)} resamples of the {ci.get('n_groups', n)} "
+                         f"{'case(s)' if over == 'cases' else 'subject(s)'}, seed "
+                         f"{ci.get('seed', seed)}); undefined (NaN) values are left out and "
+                         "counted in n_nan")
 
 
 def segmentation_case_table(

@@ -118,7 +118,9 @@ class EvaluateRequest:
         ref_suffix: Suffix of reference names.
         images: Segmentation: input images, for overlays and a report.
         split: Classification: only this split of the label table.
-        bootstrap: Classification: bootstrap resamples for the 95% intervals.
+        bootstrap: Classification and segmentation: bootstrap resamples for the 95% intervals.
+        group_regex: Classification and segmentation: the subject of each case (the regex's
+            first group of its id): the intervals resample subjects, not cases.
         mask_threshold: Instances: binarisation of soft DSB2018 masks.
         nsd_tolerance: Segmentation: tolerance in mm of the normalised surface Dice.
         surface: Segmentation: surface definition of HD95 / ASSD / NSD, ``full`` or ``face``.
@@ -137,6 +139,7 @@ class EvaluateRequest:
     images: Path | None = None
     split: str | None = None
     bootstrap: int = 1000
+    group_regex: str | None = None
     mask_threshold: float | None = None
     nsd_tolerance: float = 1.0
     surface: str = "full"

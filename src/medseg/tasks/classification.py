@@ -931,7 +931,8 @@ def _hard_labels(column: list[str], names: list[str], task: str) -> np.ndarray |
 
 def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str | Path,
                                   split: str | None = None, n_boot: int = 1000, seed: int = 0,
-                                  log: Log = print, model: str | Path | None = None) -> dict:
+                                  log: Log = print, model: str | Path | None = None,
+                                  group_regex: str | None = None) -> dict:
     """Score ``predictions.csv`` against a label table (CSV / npz), by id.
 
     ``report.html`` / ``report.md`` carry the tables, ROC and reliability diagrams and, with
@@ -942,10 +943,14 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
     those of the stored operating point when ``medseg predict`` wrote one beside the
     predictions (``decision.json``, the model's threshold chosen on out-of-fold predictions),
     else of the most probable class (0.5 for labels); ``metrics.json`` records which
-    (``summary.decision``).
+    (``summary.decision``). With ``group_regex`` (the subject of each id) the bootstrap
+    intervals resample subjects.
     """
+    from medseg.data.splits import case_subjects
+
     folder = None if model is None else ModelFolder.open(model)  # checked before any work
     ids, names, probs = read_predictions(pred)
+    subjects = case_subjects(ids, group_regex, pred)
     ds = open_classification(ref)
     if split:
         ds = ds.subset(split=split)
@@ -960,7 +965,7 @@ def evaluate_classification_files(pred: str | Path, ref: str | Path, output: str
     labels = ds.labels()[[pos[i] for i in ids]]
     decision = evaluation_decision(pred, names, probs, ds.task, log)
     res = evaluate_classification(probs, labels, ds.task, names, thresholds=decision["argument"],
-                                  n_boot=n_boot, seed=seed)
+                                  n_boot=n_boot, seed=seed, clusters=subjects)
     res["decision"] = {k: v for k, v in decision.items() if k != "argument"}
     rows = classification_case_rows(ids, probs, labels, ds.task, names, decision["argument"])
     out = Path(output)
@@ -1091,7 +1096,8 @@ class ClassificationTask(Task):
     def evaluate(self, request: EvaluateRequest, log: Log) -> dict[str, Any]:
         return evaluate_classification_files(request.pred, request.ref, request.output,
                                              split=request.split, n_boot=request.bootstrap,
-                                             log=log, model=request.model)
+                                             log=log, model=request.model,
+                                             group_regex=request.group_regex)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,

@@ -51,7 +51,7 @@ from medseg.data.cache import (
 )
 from medseg.data.layouts import load_image_mask_folders, modality_of_channel
 from medseg.data.sampler import PatchBatchLoader, PatchSampler, owned_array
-from medseg.data.splits import auto_patch_size
+from medseg.data.splits import auto_patch_size, case_subjects
 from medseg.data.validate import effective_spatial_dims
 from medseg.errors import ConfigError, InputError
 from medseg.inference import predict_probs
@@ -71,6 +71,7 @@ from medseg.io.files import detect_format, file_suffix
 from medseg.io.meta import ImageMeta
 from medseg.losses import DeepSupervisionLoss, DiceCELoss
 from medseg.metrics import dice, evaluate_case, format_summary_table, summarize, write_metrics
+from medseg.metrics.aggregate import mean_intervals
 from medseg.metrics.agreement import bland_altman_points, volume_agreement
 from medseg.metrics.calibration import (
     bins_json,
@@ -1053,6 +1054,8 @@ def evaluate_folders(
     nsd_tolerance: float = 1.0,
     connectivity: str = "full",
     model: str | Path | None = None,
+    bootstrap: int = 1000,
+    group_regex: str | None = None,
 ) -> dict[str, Any]:
     """Score every matched case and write ``metrics.json`` / ``metrics.csv`` (and a report).
 
@@ -1074,9 +1077,17 @@ def evaluate_folders(
             (MONAI's), recorded in every case.
         model: The model folder of the predictions; its model card joins the report (a report
             is written when ``images`` or ``model`` is given).
+        bootstrap: Resamples of the 95% intervals of each mean (``summary["ci95"]``,
+            :func:`medseg.metrics.aggregate.mean_intervals`); 0 for none.
+        group_regex: Subject of each case (the regex's first group of its name): the
+            intervals resample subjects, whose cases are not independent.
 
     Returns:
         ``{"cases": [...], "summary": {...}, "files": [json, csv(, report)]}``.
+
+    Raises:
+        InputError: unreadable or mismatched predictions and references, or a case name that
+            ``group_regex`` does not match.
     """
     pred, ref, out = Path(pred), Path(ref), Path(output)
     folder = None if model is None else ModelFolder.open(model)  # checked before any work
@@ -1134,6 +1145,9 @@ def evaluate_folders(
                 overlays.append(save_overlay(out / "overlays" / f"{name}.png", img[0], pred_arr,
                                              ref_arr, title=name))
     summary = summarize(results)
+    if bootstrap > 0 and results:
+        summary["ci95"] = mean_intervals(results, n_boot=bootstrap, subjects=case_subjects(
+            [str(r["case"]) for r in results], group_regex, pred))
     summary["surface"] = {"connectivity": connectivity, "nsd_tolerance_mm": nsd_tolerance}
     files_extra: list[Path] = []
     if conf_parts:
@@ -1312,7 +1326,8 @@ class SegmentationTask(Task):
                                 dataset_json=request.dataset_json,
                                 ref_suffix=request.ref_suffix, images=request.images, log=log,
                                 nsd_tolerance=request.nsd_tolerance,
-                                connectivity=request.surface, model=request.model)
+                                connectivity=request.surface, model=request.model,
+                                bootstrap=request.bootstrap, group_regex=request.group_regex)
 
     def calibration_set_from(self, folder: ModelFolder, data: Path, labels: Path | None,
                              split: str | None, device: str, log: Log,

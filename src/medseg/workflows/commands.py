@@ -125,7 +125,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         ignore_label=a.ignore_label,
         dataset_json=Path(a.dataset_json) if a.dataset_json else None,
         ref_suffix=a.ref_suffix, images=Path(a.images) if a.images else None, split=a.split,
-        bootstrap=a.bootstrap, mask_threshold=a.mask_threshold,
+        bootstrap=a.bootstrap, group_regex=a.group_regex, mask_threshold=a.mask_threshold,
         nsd_tolerance=a.nsd_tolerance, surface=a.surface,
         allow_outside_root=a.allow_outside_root,
         model=Path(a.model) if a.model else None), log=print)
