@@ -13,7 +13,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,84 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def bootstrap_ci(
+    metric_fn: Callable[..., float | np.ndarray],
+    *arrays: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratify: np.ndarray | None = None,
+    clusters: Sequence[str] | np.ndarray | None = None,
+) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """Percentile bootstrap interval of a metric, resampling cases with replacement.
+
+    Args:
+        metric_fn: ``metric_fn(*arrays_resampled)`` -> a float or a 1-D array of metrics.
+        *arrays: Arrays whose first axis indexes cases (all the same length ``N``).
+        n_boot: Number of bootstrap resamples.
+        seed: Seed of the NumPy generator (same seed, same interval).
+        level: Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
+        stratify: Optional ``(N,)`` group per case (e.g. the class); each resample draws the
+            same number of cases from every group as the data has.
+        clusters: Optional ``(N,)`` subject per case: each resample draws subjects with
+            replacement and takes all their cases (a cluster bootstrap, for cases of one
+            subject that are not independent). Not combined with ``stratify``.
+
+    Returns:
+        ``(low, high)``, floats or arrays like the metric. Resamples where the metric is NaN
+        (e.g. no positive case drawn) are skipped per entry; an entry NaN in every resample
+        gets a NaN interval.
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError("all arrays must have the same number of cases")
+    if n == 0 or n_boot < 1:
+        raise ValueError("bootstrap_ci needs at least one case and n_boot >= 1")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    groups = None
+    members: list[np.ndarray] | None = None
+    if clusters is not None:
+        if stratify is not None:
+            raise ValueError("bootstrap_ci takes stratify or clusters, not both")
+        clu = np.asarray(clusters, dtype=str)
+        if clu.shape[0] != n:
+            raise ValueError("clusters must have one entry per case")
+        members = [np.flatnonzero(clu == g) for g in dict.fromkeys(clu.tolist())]
+    if stratify is not None:
+        strat = np.asarray(stratify)
+        if strat.shape[0] != n:
+            raise ValueError("stratify must have one entry per case")
+        groups = [np.flatnonzero(strat == g) for g in np.unique(strat)]
+    values = []
+    for _ in range(n_boot):
+        if members is not None:
+            idx = np.concatenate([members[i] for i in rng.integers(0, len(members),
+                                                                   size=len(members))])
+        elif groups is None:
+            idx = rng.integers(0, n, size=n)
+        else:
+            idx = np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
+        values.append(np.asarray(metric_fn(*[np.asarray(a)[idx] for a in arrays]), float))
+    vals = np.stack(values)  # (n_boot, *metric_shape)
+    alpha = (1.0 - level) / 2.0
+    lo = np.full(vals.shape[1:], np.nan)
+    hi = np.full(vals.shape[1:], np.nan)
+    flat_v = vals.reshape(n_boot, -1)
+    lo_f, hi_f = lo.reshape(-1), hi.reshape(-1)
+    for j in range(flat_v.shape[1]):
+        col = flat_v[:, j][~np.isnan(flat_v[:, j])]
+        if col.size:
+            lo_f[j], hi_f[j] = np.quantile(col, [alpha, 1.0 - alpha])
+    lo, hi = lo_f.reshape(vals.shape[1:]), hi_f.reshape(vals.shape[1:])
+    if lo.ndim == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
 def _policy_of(case_results: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     seen = {json.dumps(c.get("policy"), sort_keys=True) for c in case_results}
     if len(seen) > 1:
@@ -151,7 +229,7 @@ def mean_intervals(case_results: Sequence[Mapping[str, Any]],
     """95% percentile bootstrap intervals of the per-class and pooled means of
     :func:`summarize` (NaN-aware), resampling whole cases — or subjects, when ``subjects``
     gives each case's — with one draw for every class and metric
-    (:func:`medseg.metrics.classification.bootstrap_ci`).
+    (:func:`bootstrap_ci`).
 
     Args:
         case_results: Outputs of :func:`medseg.metrics.evaluate_case` (``N`` cases).
@@ -166,8 +244,6 @@ def mean_intervals(case_results: Sequence[Mapping[str, Any]],
         (class ids as ints where they are integers); the pooled mean runs over every (case,
         class) pair, its interval resampling cases (subjects) too.
     """
-    from medseg.metrics.classification import bootstrap_ci
-
     classes = sorted({c for r in case_results for c in r.get("classes", {})},
                      key=lambda c: (not str(c).lstrip("-").isdigit(),
                                     int(c) if str(c).lstrip("-").isdigit() else 0, str(c)))

@@ -294,7 +294,7 @@ def instance_report(
         n_boot: Bootstrap resamples.
         seed: Bootstrap seed.
     """
-    from medseg.metrics.classification import bootstrap_ci
+    from medseg.metrics.aggregate import bootstrap_ci
 
     vals = np.array([[_num(c.get(m)) for m in INSTANCE_METRICS] for c in cases], dtype=float)
 

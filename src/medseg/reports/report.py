@@ -4,8 +4,9 @@
 data URI, the only script and style are inline, and a Content-Security-Policy
 (``default-src 'none'``) forbids the page any other fetch. It holds
 
-* the summary: the folders, the model, the metric table with 95% percentile bootstrap intervals
-  over cases (:func:`medseg.metrics.classification.bootstrap_ci`) and the empty-case policy;
+* the summary: the folders, the model, the metric table with 95% percentile bootstrap
+  intervals over cases or subjects (:func:`medseg.metrics.aggregate.mean_intervals`) and the
+  empty-case policy;
 * the per-case table, sortable by any column (click a header; numbers sort as numbers, undefined
   values last), worst cases first, or most uncertain first when the caller gives a ranking;
 * per case the image with reference, prediction (and uncertainty) overlays; a 3D case gets a

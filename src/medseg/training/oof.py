@@ -44,7 +44,7 @@ def write_out_of_fold(out: Path, names: list[str], task: str,
 
     ``group_regex`` (``data.group_regex``): the intervals resample subjects, not cases (the
     folds keep each subject in one fold already; :func:`bootstrap_mean_ci`,
-    :func:`medseg.metrics.classification.bootstrap_ci`)."""
+    :func:`medseg.metrics.aggregate.bootstrap_ci`)."""
     from medseg.model_folder import ModelFolder
 
     rows = _rows(out, names)
