@@ -38,3 +38,18 @@ def test_nested_cv_scores_every_image_once_with_an_unseen_ensemble(tmp_path):
     assert summary["pred"]["n"] == 40
     assert summary["pred"]["auroc"] == pytest.approx(auroc(probs[:, 1], labels))
     assert summary["pred"]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+
+    # class_balance.py on the same folder: the pool's row recomputed from the written files,
+    # and every draw holding the asked share of class 1
+    cb = load_example("medmnist/class_balance.py", "class_balance")
+    assert cb.main(["--work", str(work), "--positive", "0.5", "--draws", "5"]) == 0
+    doc = json.loads((work / "class_balance.json").read_text())
+    stored = np.concatenate([[int(r) for r in np.loadtxt(
+        work / f"outer_{k}" / "pred" / "predictions.csv", delimiter=",", skiprows=1,
+        usecols=3, dtype=str)] for k in range(2)])
+    assert doc["pool"]["accuracy_stored"] == pytest.approx(float((stored == labels).mean()))
+    assert doc["pool"]["accuracy_argmax"] == pytest.approx(summary["pred"]["accuracy"])
+    n = doc["n_per_draw"]
+    assert n == 2 * min(int(labels.sum()), int((1 - labels).sum()))
+    p1, d, y = cb.load(work)
+    assert (y == labels).all() and (d == stored).all()
