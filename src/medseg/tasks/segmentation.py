@@ -1104,6 +1104,7 @@ def evaluate_folders(
         if labels is None:
             labels = sorted(v for v in names if v not in (0, ignore_label))
     pairs = match_cases(pred, ref, ref_suffix)
+    subjects = case_subjects([name for name, _, _ in pairs], group_regex, pred)  # fail early
     refs = {}
     if labels is None:
         found: set[int] = set()
@@ -1146,8 +1147,7 @@ def evaluate_folders(
                                              ref_arr, title=name))
     summary = summarize(results)
     if bootstrap > 0 and results:
-        summary["ci95"] = mean_intervals(results, n_boot=bootstrap, subjects=case_subjects(
-            [str(r["case"]) for r in results], group_regex, pred))
+        summary["ci95"] = mean_intervals(results, n_boot=bootstrap, subjects=subjects)
     summary["surface"] = {"connectivity": connectivity, "nsd_tolerance_mm": nsd_tolerance}
     files_extra: list[Path] = []
     if conf_parts:
