@@ -69,6 +69,11 @@ def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group."""
+    """Leave the process group, after the objects that hold it (a DDP wrapper's reducer) are
+    freed: a group whose C++ side outlives ``destroy_process_group`` is torn down during
+    interpreter exit, where Gloo's threads can abort the process."""
     if info.enabled and dist.is_initialized():
+        import gc
+
+        gc.collect()
         dist.destroy_process_group()

@@ -448,7 +448,9 @@ def train(cfg: ExperimentConfig, resume: bool = False,
             torch.backends.cudnn.benchmark = False
 
     try:
-        return _Run(task, cfg, resume, out, last_path, device, info, say).run()
+        result = _Run(task, cfg, resume, out, last_path, device, info, say).run()
+        barrier(info)  # every rank done before the group is torn down (a rank leaving early
+        return result  # let Gloo's threads die under a peer's last collective: SIGABRT)
     finally:
         cleanup(info)
 
