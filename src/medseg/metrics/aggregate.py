@@ -223,6 +223,33 @@ def summarize(
     }
 
 
+def metric_array(case_results: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+                 ) -> tuple[list[str], np.ndarray]:
+    """Per-case values of every class and metric in one array.
+
+    Args:
+        case_results: Outputs of :func:`medseg.metrics.evaluate_case` (``N`` cases; class
+            ids as ints, or as text after a JSON round trip).
+        metrics: Metric keys (``M``).
+
+    Returns:
+        ``(class ids as text, numeric ones first in numeric order; (N, M, C) float64 values,
+        NaN where a case lacks the class or the value is undefined)``.
+    """
+    classes = sorted({str(c) for r in case_results for c in r.get("classes", {})},
+                     key=lambda c: (not c.lstrip("-").isdigit(),
+                                    int(c) if c.lstrip("-").isdigit() else 0, c))
+    vals = np.full((len(case_results), len(metrics), len(classes)), np.nan)
+    for i, r in enumerate(case_results):
+        per = r.get("classes", {})
+        for k, cls in enumerate(classes):
+            row = per.get(cls) or per.get(int(cls) if cls.lstrip("-").isdigit() else cls) or {}
+            for j, met in enumerate(metrics):
+                v = row.get(met)
+                vals[i, j, k] = math.nan if v is None else float(v)
+    return classes, vals
+
+
 def mean_intervals(case_results: Sequence[Mapping[str, Any]],
                    metrics: Sequence[str] = SUMMARY_METRICS, n_boot: int = 1000, seed: int = 0,
                    subjects: Sequence[str] | None = None) -> dict[str, Any]:
@@ -244,23 +271,14 @@ def mean_intervals(case_results: Sequence[Mapping[str, Any]],
         (class ids as ints where they are integers); the pooled mean runs over every (case,
         class) pair, its interval resampling cases (subjects) too.
     """
-    classes = sorted({c for r in case_results for c in r.get("classes", {})},
-                     key=lambda c: (not str(c).lstrip("-").isdigit(),
-                                    int(c) if str(c).lstrip("-").isdigit() else 0, str(c)))
-    n, m, c = len(case_results), len(metrics), len(classes)
+    classes, vals = metric_array(case_results, metrics)
+    n, m, c = vals.shape
     out: dict[str, Any] = {"level": 0.95, "n_boot": int(n_boot), "seed": int(seed),
                            "over": "cases" if subjects is None else "subjects",
                            "n_groups": n if subjects is None else len(set(subjects)),
                            "classes": {}, "pooled": {}}
     if n == 0 or m == 0 or c == 0 or n_boot < 1:
         return out
-    vals = np.full((n, m, c), np.nan)
-    for i, r in enumerate(case_results):
-        for k, cls in enumerate(classes):
-            row = r["classes"].get(cls) or {}
-            for j, met in enumerate(metrics):
-                v = row.get(met)
-                vals[i, j, k] = math.nan if v is None else float(v)
 
     def stat(a: np.ndarray) -> np.ndarray:  # (n, m, c) -> (m, c + 1): classes, then pooled
         with warnings.catch_warnings():
@@ -272,7 +290,7 @@ def mean_intervals(case_results: Sequence[Mapping[str, Any]],
     lo, hi = bootstrap_ci(stat, vals, n_boot=n_boot, seed=seed, clusters=subjects)
     lo, hi = np.asarray(lo), np.asarray(hi)
     for k, cls in enumerate(classes):
-        key = int(cls) if str(cls).lstrip("-").isdigit() else str(cls)
+        key = int(cls) if cls.lstrip("-").isdigit() else cls
         out["classes"][key] = {met: [float(lo[j, k]), float(hi[j, k])]
                                for j, met in enumerate(metrics)}
     out["pooled"] = {met: [float(lo[j, c]), float(hi[j, c])] for j, met in enumerate(metrics)}

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medseg.io.atomic import atomic_write_text
-from medseg.metrics.aggregate import mean_intervals
+from medseg.metrics.aggregate import mean_intervals, metric_array
 from medseg.metrics.policy import EmptyPolicy
 from medseg.reports.model_card import ModelCard, fmt
 from medseg.reports.slices import CaseImages
@@ -130,20 +130,11 @@ def segmentation_metric_table(
         (case, class) pair, its interval resampling cases.
     """
     names = dict(class_names or {})
-    classes = sorted({str(c) for r in case_results for c in r.get("classes", {})},
-                     key=lambda c: (not c.lstrip("-").isdigit(), int(c) if c.lstrip(
-                         "-").isdigit() else 0, c))
-    n, m, c = len(case_results), len(metrics), len(classes)
+    classes, vals = metric_array(case_results, metrics)
+    n, m, c = vals.shape
     header = ["class", "metric", "mean", "ci_low", "ci_high", "median", "n", "n_nan"]
     if n == 0 or m == 0 or c == 0:
         return Table(header, [])
-    vals = np.full((n, m, c), np.nan)
-    for i, r in enumerate(case_results):
-        for k, cls in enumerate(classes):
-            row = r.get("classes", {}).get(cls) or r.get("classes", {}).get(
-                int(cls) if cls.lstrip("-").isdigit() else cls) or {}
-            for j, met in enumerate(metrics):
-                vals[i, j, k] = _value(row.get(met))
     ci = intervals if intervals is not None else mean_intervals(
         case_results, metrics, n_boot=n_boot, seed=seed, subjects=subjects)
 
