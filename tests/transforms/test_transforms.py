@@ -120,6 +120,70 @@ def test_spatial_transform_padding_values():
     assert set(lb.unique().tolist()) == {1, 7}
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_spatial_transform_whole_voxel_offsets_shift_exactly(dims):
+    """Output voxel x reads input voxel x + t: a whole-voxel offset is an exact shift, the
+    part shifted in from outside takes the pad values (image and label alike)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (7, 9) if dims == 2 else (5, 6, 7)
+    x = torch.randn(2, 2, *shape, generator=g)
+    lab = torch.randint(1, 4, (2, 1, *shape), generator=g)
+    offsets = torch.tensor([[2, -3], [-1, 0]] if dims == 2 else [[1, -2, 3], [0, 2, -1]],
+                           dtype=torch.float64)
+    eye = torch.eye(dims, dtype=torch.float64).expand(2, dims, dims)
+    im, lb = TF.spatial_transform(x, lab, eye, image_pad=-9.0, label_pad=0, offsets=offsets)
+    for b in range(2):
+        exp_i = torch.full_like(x[b], -9.0)
+        exp_l = torch.zeros_like(lab[b])
+        dst, src = [slice(None)], [slice(None)]
+        for t, n in zip(offsets[b].long().tolist(), shape, strict=True):
+            dst.append(slice(max(0, -t), n - max(0, t)))
+            src.append(slice(max(0, t), n - max(0, -t)))
+        exp_i[tuple(dst)] = x[b][tuple(src)]
+        exp_l[tuple(dst)] = lab[b][tuple(src)]
+        assert torch.allclose(im[b], exp_i, atol=1e-5)
+        assert torch.equal(lb[b], exp_l)
+    # no offsets and zero offsets are the same map
+    a, _ = TF.spatial_transform(x, None, eye)
+    z, _ = TF.spatial_transform(x, None, eye, offsets=torch.zeros(2, dims))
+    assert torch.equal(a, z)
+
+
+def test_augmenter_translation_bounds_and_label_follow():
+    """p_translate = 1, nothing else: every image is shifted by at most the fraction of its
+    size per axis, the label moves with it, and the shifts spread over the allowed range."""
+    n, size = 64, 32
+    img = torch.zeros(n, 1, size, size)
+    img[:, :, 14:18, 10:14] = 1.0
+    lab = (img > 0).long()
+    cfg = AugmentConfig.identity()
+    cfg.p_translate, cfg.translate_fraction = 1.0, (0.125, 0.25)
+    out_i, out_l = Augmenter(cfg, 2, seed=0)(img, lab)
+    grid = torch.stack(torch.meshgrid(torch.arange(float(size)),
+                                      torch.arange(float(size)), indexing="ij"))
+    centre = torch.tensor([15.5, 11.5])
+    mass = out_i[:, 0].sum(dim=(1, 2))
+    assert torch.allclose(mass, torch.full_like(mass, 16.0), atol=1e-4)  # nothing left the image
+    c = (out_i[:, 0, None] * grid[None]).sum(dim=(2, 3)) / mass[:, None]
+    moved = c - centre
+    assert (moved[:, 0].abs() <= 0.125 * size + 1e-4).all()
+    assert (moved[:, 1].abs() <= 0.25 * size + 1e-4).all()
+    assert moved[:, 1].abs().max() > 0.7 * 0.25 * size  # the range is used, both signs
+    assert (moved[:, 0] > 1).any() and (moved[:, 0] < -1).any()
+    cl = (out_l[:, 0, None].float() * grid[None]).sum(dim=(2, 3)) / out_l.sum(dim=(1, 2, 3))[
+        :, None]
+    assert torch.allclose(cl, c, atol=0.75)  # nearest label vs bilinear image
+    # off (the default) the random stream of the other augmentations is unchanged
+    base = AugmentConfig()
+    a1 = Augmenter(base, 2, seed=3)(img, lab)
+    a2 = Augmenter(AugmentConfig(translate_fraction=0.3), 2, seed=3)(img, lab)
+    assert torch.equal(a1[0], a2[0])
+    with pytest.raises(ConfigError, match="translate_fraction"):
+        AugmentConfig(translate_fraction=1.5)
+    with pytest.raises(ConfigError, match="translate_fraction"):
+        Augmenter(AugmentConfig(translate_fraction=(0.1, 0.1)), 3)
+
+
 def test_flip_matches_torch_flip():
     x = torch.randn(3, 2, 4, 5, 6)
     lab = torch.randint(0, 3, (3, 1, 4, 5, 6))

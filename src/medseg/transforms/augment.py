@@ -46,6 +46,11 @@ class AugmentConfig:
         scale_range: Zoom factor range (> 1 enlarges structures).
         p_flip: Probability of mirroring, per axis.
         flip_axes: Spatial axes that may be mirrored (``None`` = all).
+        p_translate: Probability of a translation (off by default: segmentation patches are
+            already drawn at random positions; for whole-image classification a shift of a
+            few pixels is the classic augmentation of small images).
+        translate_fraction: Largest shift per axis as a fraction of that axis' size (each
+            axis drawn uniformly in ``[-f, f]``); a float, or one value per spatial axis.
         p_noise: Probability of additive Gaussian noise.
         noise_model: ``"auto"``, ``"physics"`` or ``"gaussian"``: which noise the training run
             uses (resolved by :func:`medseg.training.augmentation.resolve_noise_model`; the
@@ -73,6 +78,8 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (0.7, 1.4)
     p_flip: float = 0.5
     flip_axes: tuple[int, ...] | None = None
+    p_translate: float = 0.0
+    translate_fraction: float | tuple[float, ...] = 0.1
     p_noise: float = 0.1
     noise_model: str = "auto"
     noise_std_range: tuple[float, float] = (0.0, 0.1)
@@ -102,6 +109,12 @@ class AugmentConfig:
             self.rotation_deg = tuple(float(a) for a in self.rotation_deg)
         if self.flip_axes is not None:
             self.flip_axes = tuple(int(a) for a in self.flip_axes)
+        fr = self.translate_fraction
+        frs = tuple(float(a) for a in fr) if isinstance(fr, (list, tuple)) else (float(fr),)
+        if not frs or not all(0.0 <= a <= 1.0 for a in frs):
+            raise ConfigError(f"augmentation translate_fraction must lie in [0, 1] per axis, "
+                              f"got {fr}")
+        self.translate_fraction = frs if isinstance(fr, (list, tuple)) else frs[0]
         if self.noise_model not in ("auto", "physics", "gaussian"):
             raise ConfigError(f"augment.noise_model must be auto, physics or gaussian, got "
                               f"{self.noise_model!r}")
@@ -180,6 +193,12 @@ class Augmenter:
         if any(a < 0 or a >= spatial_dims for a in axes):
             raise ConfigError(f"flip_axes {axes} out of range for {spatial_dims}D")
         self._flip_axes = axes
+        fr = cfg.translate_fraction
+        if isinstance(fr, tuple) and len(fr) != spatial_dims:
+            raise ConfigError(f"translate_fraction has {len(fr)} entries, {spatial_dims}D "
+                              f"needs {spatial_dims}")
+        self._shift = torch.tensor(fr if isinstance(fr, tuple) else (fr,) * spatial_dims,
+                                   dtype=torch.float64)
 
     # random helpers -------------------------------------------------------------------------
     def _bern(self, p: float, n: int) -> torch.Tensor:
@@ -244,8 +263,16 @@ class Augmenter:
         allowed = torch.zeros(d, dtype=torch.bool)
         allowed[list(self._flip_axes)] = True
         flips &= allowed[None]
+        # drawn last and only when enabled, so configurations without it keep their streams
+        do_shift = torch.zeros(B, dtype=torch.bool)
+        shifts = torch.zeros(B, d, dtype=torch.float64)
+        if cfg.p_translate > 0:
+            do_shift = self._bern(cfg.p_translate, B)
+            size = torch.tensor(image.shape[2:], dtype=torch.float64)
+            shifts = (2 * torch.rand(B, d, generator=self.generator, dtype=torch.float64) - 1
+                      ) * self._shift[None] * size[None]
 
-        moved = do_rot | do_scale
+        moved = do_rot | do_scale | do_shift
         idx = torch.nonzero(moved).flatten()
         if idx.numel():
             ang = angles[idx] * do_rot[idx, None]
@@ -256,7 +283,7 @@ class Augmenter:
             pad = sub.flatten(2).amin(dim=2)  # (b, C): channel minimum = background
             new_img, new_lab = TF.spatial_transform(
                 sub, None if label is None else label[idx], mats, image_pad=pad,
-                label_pad=cfg.label_pad,
+                label_pad=cfg.label_pad, offsets=shifts[idx] * do_shift[idx, None],
             )
             image = image.clone()
             image[idx] = new_img

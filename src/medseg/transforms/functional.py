@@ -56,27 +56,33 @@ def rotation_matrices(angles: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     return out
 
 
-def affine_theta(matrices: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+def affine_theta(matrices: torch.Tensor, spatial_shape: tuple[int, ...],
+                 offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Convert voxel-unit matrices to the ``theta`` that ``F.affine_grid`` expects.
 
     With ``align_corners=False`` a normalised coordinate ``n`` on an axis of ``N`` voxels is the
     voxel offset from the centre times ``2 / N``, so ``theta_arr = D^-1 A D`` with
-    ``D = diag(N / 2)``; ``affine_grid`` orders axes last-to-first (x = last array axis), hence the
-    reversal.
+    ``D = diag(N / 2)`` and the translation ``D^-1 t``; ``affine_grid`` orders axes
+    last-to-first (x = last array axis), hence the reversal.
 
     Args:
         matrices: ``(B, d, d)`` maps from output to input voxel offsets about the centre.
         spatial_shape: The ``d`` spatial sizes.
+        offsets: ``(B, d)`` translations in voxels (array axis order), added after the
+            matrix: output voxel ``x`` reads input voxel ``A x + t``; ``None`` = none.
 
     Returns:
-        ``(B, d, d + 1)`` float32 theta (zero translation).
+        ``(B, d, d + 1)`` float32 theta.
     """
     d = len(spatial_shape)
     half = torch.tensor([n / 2.0 for n in spatial_shape], dtype=torch.float64)
     t = matrices.to(torch.float64) * half[None, None, :] / half[None, :, None]
     t = t.flip(1).flip(2)
-    zeros = torch.zeros(t.shape[0], d, 1, dtype=torch.float64)
-    return torch.cat([t, zeros], dim=2).to(torch.float32)
+    if offsets is None:
+        shift = torch.zeros(t.shape[0], d, 1, dtype=torch.float64)
+    else:
+        shift = (offsets.to(torch.float64) / half[None]).flip(1)[:, :, None]
+    return torch.cat([t, shift], dim=2).to(torch.float32)
 
 
 def spatial_transform(
@@ -85,6 +91,7 @@ def spatial_transform(
     matrices: torch.Tensor,
     image_pad: torch.Tensor | float = 0.0,
     label_pad: int = 0,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Resample a batch through per-sample affine maps (one grid, one ``grid_sample`` each).
 
@@ -95,13 +102,16 @@ def spatial_transform(
             to interpolation rounding).
         image_pad: Value for voxels mapped from outside the input; scalar or ``(B, C)``.
         label_pad: Label value outside the input (0 = background, or the ignore label).
+        offsets: ``(B, d)`` translations in voxels: output voxel ``x`` (about the centre)
+            reads input voxel ``A x + t``, so a whole-voxel ``t`` shifts the content by ``-t``
+            exactly; ``None`` = none.
 
     Returns:
         ``(image, label)`` of the input shapes; the label keeps its dtype and only holds values it
         held before or ``label_pad``.
     """
     shape = tuple(image.shape[2:])
-    theta = affine_theta(matrices, shape)
+    theta = affine_theta(matrices, shape, offsets)
     grid = F.affine_grid(theta, list(image.shape), align_corners=False).to(image.dtype)
     pad = torch.as_tensor(image_pad, dtype=image.dtype)
     pad = _bcast(pad.expand(image.shape[0]) if pad.ndim == 0 else pad, image)
