@@ -177,6 +177,7 @@ def test_recipe_settings_are_checked():
     cfg = ExperimentConfig(task="classification")
     cfg.train.label_smoothing, cfg.train.mixup, cfg.train.balanced_sampling = 0.1, 0.2, True
     cfg.inference.tta, cfg.data.image_size = True, [64, 64]
+    cfg.train.ema, cfg.augment.p_translate = 0.99, 0.5
     get_task("classification").check_config(cfg)  # every recipe is a setting the task reads
     with pytest.raises(ConfigError, match="does not use the setting"):
         get_task("segmentation").check_config(cfg)
@@ -197,7 +198,11 @@ def test_recipes_train_predict_through_the_cli(tmp_path):
                  "--set", "model.options.blocks_per_stage=[1,1]",
                  "--set", "data.image_size=[32,32]", "--set", "train.label_smoothing=0.1",
                  "--set", "train.mixup=0.2", "--set", "train.balanced_sampling=true",
-                 "--set", "inference.tta=true", "--set", "augment.flip_axes=[1]"]) == 0
+                 "--set", "inference.tta=true", "--set", "augment.flip_axes=[1]",
+                 "--set", "train.ema=0.9", "--set", "augment.p_translate=0.5",
+                 "--set", "augment.translate_fraction=0.1"]) == 0
+    ck = torch.load(model / "checkpoint_best.pt", weights_only=True)
+    assert ck["ema_steps"] == 2 and "train_model" in ck
     assert json.loads((model / "plan.json").read_text())["image_size"] == [32, 32]
     pred = tmp_path / "p"
     assert main(["predict", "--model", str(model), "--input", str(npz), "--split", "val",

@@ -99,6 +99,59 @@ def test_seed_reproducible_and_resume_exact(tiny_dataset, tmp_path):
     assert not _same(_weights(full), _weights(other)), "another seed gives other weights"
 
 
+def test_weight_averaging_follows_the_recurrence_and_resumes_exactly(tiny_dataset, tmp_path,
+                                                                    monkeypatch):
+    """train.ema: the saved ``model`` is e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k over the
+    weights after every applied step, the raw weights travel as ``train_model``, and an
+    interrupted run resumes to the same averaged and raw weights."""
+    decay = 0.8
+    seen: list[dict[str, torch.Tensor]] = []
+    real_step = engine._Run.step
+
+    def spy(self, *a, **k):
+        ok = real_step(self, *a, **k)
+        seen.append({n: v.detach().clone() for n, v in self.model.state_dict().items()})
+        return ok
+
+    cfg = tiny_cfg(tiny_dataset, tmp_path / "full", epochs=3)
+    cfg.train.ema = decay
+    monkeypatch.setattr(engine._Run, "step", spy)
+    train(cfg, log=lambda s: None)
+    monkeypatch.setattr(engine._Run, "step", real_step)
+    ck = torch.load(tmp_path / "full" / ckpt_mod.LAST_NAME, weights_only=True)
+    assert len(seen) == 9 and ck["ema_steps"] == 9
+    assert _same(ck["train_model"], seen[-1])
+    floats = [n for n, v in seen[0].items() if v.is_floating_point()]
+    expect = {n: seen[0][n].double() for n in floats}
+    for w in seen[1:]:
+        for n in floats:
+            expect[n] = decay * expect[n] + (1 - decay) * w[n].double()
+    for n in floats:
+        assert torch.allclose(ck["model"][n].double(), expect[n], rtol=1e-5, atol=1e-6), n
+    assert not torch.allclose(ck["model"][floats[0]], ck["train_model"][floats[0]])
+
+    part = tmp_path / "part"
+    cfg = tiny_cfg(tiny_dataset, part, epochs=3)
+    cfg.train.ema = decay
+    real = seg_mod.make_epoch_loader
+
+    def flaky(data, cfg_, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(data, cfg_, epoch, **kw)
+
+    monkeypatch.setattr(seg_mod, "make_epoch_loader", flaky)
+    assert train(cfg, log=lambda s: None).interrupted
+    monkeypatch.setattr(seg_mod, "make_epoch_loader", real)
+    cfg.train.ema = 0.0  # the saved config decides on resume, not the one given
+    train(cfg, resume=True, log=lambda s: None)
+    again = torch.load(part / ckpt_mod.LAST_NAME, weights_only=True)
+    assert _same(again["model"], ck["model"]) and _same(again["train_model"], ck["train_model"])
+    # prediction loads the averaged weights: the best checkpoint's model is an average too
+    best = torch.load(part / ckpt_mod.BEST_NAME, weights_only=True)
+    assert "train_model" in best and not _same(best["model"], best["train_model"])
+
+
 def test_refuses_to_overwrite_and_resume_needs_checkpoint(tiny_dataset, tmp_path):
     out = tmp_path / "m"
     train(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda s: None)

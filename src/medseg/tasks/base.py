@@ -45,7 +45,7 @@ ENGINE_SETTINGS = frozenset({
     "train.max_minutes", "train.seed", "train.device", "train.amp", "train.num_threads",
     "train.precision", "train.channels_last", "train.compile",
     "train.deterministic", "train.max_bad_steps", "train.ensemble", "train.calibrate",
-    "train.folds", "data.fold",
+    "train.folds", "data.fold", "train.ema",
 })
 
 #: The setting of tasks whose datasets list file paths in a table (``dataset.json``, CSV).

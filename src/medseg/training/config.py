@@ -250,6 +250,10 @@ class TrainConfig:
             convex combination of the two targets' losses); ``0`` = off.
         balanced_sampling: Single-label classification: draw training images with
             probability ``1 / (K n_class)`` so that every class is seen equally often.
+        ema: Exponential moving average of the weights (Polyak averaging), the decay per
+            optimiser step in ``[0, 1)`` (``0.99`` averages over about the last 100 steps);
+            validation, the checkpoints' ``model`` and so prediction use the averaged
+            weights. ``0`` = off.
     """
 
     epochs: int = 50
@@ -276,8 +280,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     balanced_sampling: bool = False
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema must lie in [0, 1) (0 = off), got {self.ema}")
         if not 0.0 <= self.label_smoothing < 1.0 or self.mixup < 0:
             raise ConfigError("train.label_smoothing must lie in [0, 1) and train.mixup be >= 0, "
                               f"got {self.label_smoothing} and {self.mixup}")

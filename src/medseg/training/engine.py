@@ -18,6 +18,11 @@ What it guarantees, for every registered task:
   on a CPU with native bf16 or a bf16 GPU, fp16 + grad scaler on older GPUs, fp32 otherwise;
   the loss is computed on float32 logits), optional **channels-last** and **torch.compile**
   around the step; **deterministic** algorithms on request (``train.deterministic``);
+* **weight averaging** on request (``train.ema``): an exponential moving average of the
+  weights (``torch.optim.swa_utils.AveragedModel``, buffers included) updated after every
+  applied step; validation, the best checkpoint, the out-of-fold rows and so prediction use
+  the averaged weights (checkpoint key ``model``), the raw weights travel beside them
+  (``train_model``, with ``ema_steps``) so that resume stays exact;
 * a progress line per epoch and ``train_log.csv`` (with the number of processes).
 """
 
@@ -496,6 +501,13 @@ class _Run:
                                                device_type=device.type)
         if self.channels_last:
             model_to_channels_last(self.model, plan.spatial_dims)
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if cfg.train.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(
+                cfg.train.ema), use_buffers=True)
+            say(f"  weight averaging: exponential, decay {cfg.train.ema:g} per step "
+                f"(horizon ~{1.0 / (1.0 - cfg.train.ema):.0f} steps)")
         say(f"  precision: {describe(self.precision, self.channels_last, cfg.train.compile)}"
             f" (train.precision={cfg.train.precision}, device {device.type})")
         self.sign = 1.0 if task.higher_is_better else -1.0
@@ -518,9 +530,25 @@ class _Run:
         self.max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         self.tty = info.is_main and sys.stderr.isatty()
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, saved as ``model`` and predicted with."""
+        return self.model if self.ema is None else self.ema.module
+
     def _restore(self) -> None:
         ck = load_checkpoint(self.last_path, map_location=self.device)
-        self.model.load_state_dict(ck["model"])
+        if (self.ema is not None) != ("train_model" in ck):
+            raise ConfigError(
+                f"{self.last_path} was written with train.ema "
+                f"{'on' if 'train_model' in ck else 'off'}, this run has it "
+                f"{'on' if self.ema is not None else 'off'}",
+                hint="resume with the configuration the run was started with")
+        if self.ema is not None:
+            self.model.load_state_dict(ck["train_model"])
+            self.ema.module.load_state_dict(ck["model"])
+            self.ema.n_averaged.fill_(int(ck["ema_steps"]))
+        else:
+            self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.use_amp and "scaler" in ck:
             self.scaler.load_state_dict(ck["scaler"])
@@ -553,6 +581,8 @@ class _Run:
             # fp16 overflow of the gradients: the scaler skips the step itself
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.trainer.after_step(batch, output)
             losses.append(lv)
             self.bad_run = 0
@@ -599,11 +629,11 @@ class _Run:
 
     def save(self, epoch: int, is_best: bool) -> None:
         """Rank 0: ``checkpoint_last.pt`` (+ best) and ``train_log.csv``, atomically."""
-        if not _finite_weights(self.model):
+        if not (_finite_weights(self.model) and _finite_weights(self.eval_model)):
             raise TrainingError(f"the weights became non-finite in epoch {epoch + 1}; the last "
                                 f"good checkpoint is kept in {self.out}")
         state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": epoch, "planned_epochs": self.planned, "best_metric": self.best,
             "metric": self.task.key_metric, "task": self.task.name,
             "train_seconds": self.spent, "history": self.history,
@@ -611,6 +641,9 @@ class _Run:
         }
         if self.use_amp:
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["train_model"] = self.model.state_dict()
+            state["ema_steps"] = int(self.ema.n_averaged)
         atomic_torch_save(state, self.last_path)
         if is_best or self.trainer.n_val == 0:
             atomic_torch_save(state, self.out / BEST_NAME)
@@ -622,8 +655,8 @@ class _Run:
         from medseg.training.calibration import calibrate, describe, write_calibration
 
         best = self.out / BEST_NAME
-        if best.is_file():
-            self.model.load_state_dict(load_checkpoint(best, self.device)["model"])
+        self.model.load_state_dict(load_checkpoint(best, self.device)["model"] if best.is_file()
+                                   else self.eval_model.state_dict())
         self.model.eval()
         try:
             rows, cs = self.trainer.finish_outputs(self.model, self.cfg.data.fold is not None,
@@ -658,11 +691,11 @@ class _Run:
                     cfg.train.val_every > 0 and (epoch + 1) % cfg.train.val_every == 0))
                 val: dict[str, float] = {}
                 if do_val and info.is_main:
-                    self.model.eval()
+                    self.eval_model.eval()
                     try:
-                        val = trainer.validate(self.model)
+                        val = trainer.validate(self.eval_model)
                     finally:
-                        self.model.train()
+                        self.eval_model.train()
                 barrier(info)
                 extra = trainer.end_epoch()
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr, **extra,
