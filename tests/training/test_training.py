@@ -115,6 +115,7 @@ def test_weight_averaging_follows_the_recurrence_and_resumes_exactly(tiny_datase
 
     cfg = tiny_cfg(tiny_dataset, tmp_path / "full", epochs=3)
     cfg.train.ema = decay
+    cfg.model.options["norm"] = "batch"  # running statistics (averaged) and a step counter
     monkeypatch.setattr(engine._Run, "step", spy)
     train(cfg, log=lambda s: None)
     monkeypatch.setattr(engine._Run, "step", real_step)
@@ -129,10 +130,13 @@ def test_weight_averaging_follows_the_recurrence_and_resumes_exactly(tiny_datase
     for n in floats:
         assert torch.allclose(ck["model"][n].double(), expect[n], rtol=1e-5, atol=1e-6), n
     assert not torch.allclose(ck["model"][floats[0]], ck["train_model"][floats[0]])
+    counters = [n for n, v in seen[0].items() if not v.is_floating_point()]
+    assert counters and all(torch.equal(ck["model"][n], seen[-1][n]) for n in counters)
 
     part = tmp_path / "part"
     cfg = tiny_cfg(tiny_dataset, part, epochs=3)
     cfg.train.ema = decay
+    cfg.model.options["norm"] = "batch"
     real = seg_mod.make_epoch_loader
 
     def flaky(data, cfg_, epoch, **kw):

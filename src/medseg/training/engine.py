@@ -583,6 +583,10 @@ class _Run:
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+                for mine, theirs in zip(self.ema.module.buffers(), self.model.buffers(),
+                                        strict=True):
+                    if not mine.is_floating_point():  # counters: the raw value, not a blend
+                        mine.copy_(theirs)
             self.trainer.after_step(batch, output)
             losses.append(lv)
             self.bad_run = 0
