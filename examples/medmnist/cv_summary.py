@@ -39,16 +39,18 @@ from medseg.metrics.classification import evaluate_classification
 from medseg.metrics.thresholds import choose_threshold
 from medseg.model_folder import ModelFolder
 from medseg.tasks.classification import classifier_logits, preprocess_cls_images, tta_flip_axes
-from medseg.uncertainty.calibration import fit_temperature
+from medseg.uncertainty.calibration import fit_ensemble_temperature, fit_temperature
 
 
 def fold_rows(run: Path, data: Path | None, tta: bool
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
-    """``(logits (N, K), labels (N,), fold (N,), class names, ids)`` of the out-of-fold cases,
-    sorted by id."""
+    """``(logits (R, N, K), labels (N,), fold (N,), class names, ids)`` of the out-of-fold
+    cases, sorted by id; ``R`` models scored each case (the repeats of ``--folds K
+    --ensemble R``, 1 otherwise), in the order of the folder's members."""
     logits, labels, folds, ids = [], [], [], []
     names: list[str] = []
-    for sub in sorted(run.glob("fold_*")):
+    for member in ModelFolder.open(run).plan.members:
+        sub = run / member
         doc = json.loads((sub / "oof.json").read_text())
         rows = doc["rows"]
         folder = ModelFolder.open(sub)
@@ -68,9 +70,13 @@ def fold_rows(run: Path, data: Path | None, tta: bool
         labels += [int(r["label"]) for r in rows]
         folds += [int(doc["fold"])] * len(rows)
         ids += [r["id"] for r in rows]
-    order = np.argsort(ids, kind="stable")
-    return (np.concatenate(logits)[order], np.array(labels)[order], np.array(folds)[order],
-            names, [ids[i] for i in order])
+    z, y, f = np.concatenate(logits), np.array(labels), np.array(folds)
+    by_id: dict[str, list[int]] = {}
+    for i, cid in enumerate(ids):
+        by_id.setdefault(cid, []).append(i)
+    keys = sorted(by_id)
+    rows = np.array([by_id[k] for k in keys])  # (N, R): every case scored R times
+    return (np.transpose(z[rows], (1, 0, 2)), y[rows[:, 0]], f[rows[:, 0]], names, keys)
 
 
 def paired_delta(p_a: np.ndarray, p_b: np.ndarray, labels: np.ndarray, n_boot: int = 1000,
@@ -93,35 +99,53 @@ def paired_delta(p_a: np.ndarray, p_b: np.ndarray, labels: np.ndarray, n_boot: i
             for i, k in enumerate(("auroc", "accuracy"))}
 
 
+def tempered(logits: np.ndarray, t: float) -> np.ndarray:
+    """The members' ``(R, N, K)`` logits tempered, then their probabilities averaged."""
+    return torch.softmax(torch.from_numpy(logits) / t, -1).mean(0).numpy()
+
+
 def cross_fitted(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Tempered probabilities and hard labels at the Youden threshold, fold ``k``'s both fitted
-    on the other folds."""
-    probs = np.zeros_like(logits)
+    on the other folds (one temperature shared by the ``R`` models of a case, as
+    ``medseg train`` fits it)."""
+    probs = np.zeros(logits.shape[1:])
     hard = np.zeros(len(labels), dtype=np.int64)
     for k in np.unique(folds):
         out, inn = folds != k, folds == k
-        t = fit_temperature(torch.from_numpy(logits[out]), torch.from_numpy(labels[out]))
-        p_out = torch.softmax(torch.from_numpy(logits[out]) / t, 1).numpy()
+        z_out, y_out = torch.from_numpy(logits[:, out]), torch.from_numpy(labels[out])
+        t = fit_temperature(z_out[0], y_out) if len(logits) == 1 else \
+            fit_ensemble_temperature(z_out, y_out)
+        p_out = tempered(logits[:, out], t)
         th = choose_threshold(p_out[:, 1], labels[out] == 1, "youden")["threshold"]
-        probs[inn] = torch.softmax(torch.from_numpy(logits[inn]) / t, 1).numpy()
+        probs[inn] = tempered(logits[:, inn], t)
         hard[inn] = (probs[inn, 1] >= th).astype(np.int64)
     return probs, hard
 
 
 def cpu_time(run: Path) -> str:
-    """``user+sys`` CPU seconds and wall seconds from ``<run>.log`` (or ``-``)."""
-    log = run.with_suffix(".log")
+    """``user+sys`` CPU seconds and wall seconds from ``<run>.log`` (a ``CPU user U sys S wall
+    W`` line) or ``<run>.out`` (``/usr/bin/time -v``), or ``-``."""
+    log, out = run.with_suffix(".log"), run.with_suffix(".out")
     m = re.search(r"CPU user ([\d.]+) sys ([\d.]+) wall ([\d.]+)",
                   log.read_text()) if log.is_file() else None
-    return f"{float(m[1]) + float(m[2]):.0f} / {float(m[3]):.0f}" if m else "-"
+    if m:
+        return f"{float(m[1]) + float(m[2]):.0f} / {float(m[3]):.0f}"
+    text = out.read_text() if out.is_file() else ""
+    u = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    sy = re.search(r"System time \(seconds\): ([\d.]+)", text)
+    w = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    if not (u and sy and w):
+        return "-"
+    wall = sum(float(x) * 60 ** i for i, x in enumerate(reversed(w[1].split(":"))))
+    return f"{float(u[1]) + float(sy[1]):.0f} / {wall:.0f}"
 
 
 def row(run: Path, data: Path | None, tta: bool, ref: tuple[np.ndarray, list[str]] | None
         ) -> tuple[str, tuple[np.ndarray, list[str]]]:
     """One Markdown table row, and this run's ``(probabilities, ids)``."""
     logits, labels, folds, names, ids = fold_rows(run, data, tta)
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    probs = tempered(logits, 1.0)
     res = evaluate_classification(probs, labels, "single", names, n_boot=1000, seed=0)
     m, ci = res["macro"], res["ci"]["macro"]
     p_t, hard = cross_fitted(logits, labels, folds)

@@ -119,7 +119,10 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--folds", type=int, metavar="K",
                    help="K-fold cross-validation (grouped by subject, stratified by label): K "
                         "models in one folder, out-of-fold predictions and an estimate with a "
-                        "95%% interval (oof_metrics.json); predict averages the K models")
+                        "95%% interval (oof_metrics.json); predict averages the K models. "
+                        "With --ensemble R: each fold trained R times (seeds seed..seed+R-1), "
+                        "the out-of-fold prediction averaging the R models that never saw "
+                        "the case")
     _add_train_overrides(t)
 
 

@@ -58,3 +58,28 @@ def test_folds_choose_postprocess_and_predict_uses_it(tmp_path):
                  "--device", "cpu"]) == 0
     doc = json.loads((pred / "img0_instances.json").read_text())
     assert doc["postprocess"] == report["params"]
+
+
+def test_repeated_folds_score_each_case_once_on_the_averaged_models(tmp_path):
+    """--folds 2 --ensemble 2: the watershed is chosen on each case once, on the averaged
+    probabilities of its two unseen models; the Dice estimate averages them per case."""
+    import csv
+
+    data = _discs(tmp_path / "dsb")
+    model = tmp_path / "m"
+    assert main(["train", "--task", "instance", "--dataset", str(data), "--output", str(model),
+                 "--folds", "2", "--ensemble", "2", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--batch-size", "2", "--patch-size", "48", "48", "--device", "cpu",
+                 "--set", "model.options.channels=[4,8]",
+                 "--set", "instance.boundary_width=1"]) == 0
+    assert json.loads((model / "postprocess.json").read_text())["n_cases"] == 4
+    est = json.loads((model / "oof_metrics.json").read_text())
+    assert est["n_cases"] == 4 and "averaged over the 2 models" in est["per_case"]
+    dice: dict[str, list[float]] = {}
+    for name in ("fold_0", "fold_1", "fold_0_seed_1", "fold_1_seed_1"):
+        for r in json.loads((model / name / "oof.json").read_text())["rows"]:
+            dice.setdefault(r["id"], []).append(float(r["dice_interior"]))
+    rows = {r["id"]: float(r["dice_interior"]) for r in csv.DictReader(
+        open(model / "oof_metrics.csv"))}
+    assert rows == pytest.approx({k: float(np.mean(v)) for k, v in dice.items()})
+    assert all(len(v) == 2 for v in dice.values())

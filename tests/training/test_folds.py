@@ -171,6 +171,75 @@ def test_a_fold_resumes_after_an_interrupt(npz, tmp_path):
         (straight / "oof_predictions.csv").read_text()
 
 
+def test_repeated_folds_average_the_models_that_never_saw_a_case(npz, tmp_path):
+    """--folds K --ensemble R: every fold trained R times (seeds seed..seed+R-1), each case's
+    out-of-fold probabilities the mean of its R unseen models, one temperature shared by them,
+    the first repeat the plain K-fold run, prediction averaging all K R models."""
+    from medseg.training.engine import train_ensemble
+    from medseg.uncertainty.calibration import fit_ensemble_temperature
+
+    p, _ = npz
+
+    def cfg(out, *extra):
+        return build_train_config(_parser().parse_args(
+            ["train", "--dataset", str(p), "--output", str(out), "--folds", "2", *CLS, *extra]))
+
+    out = tmp_path / "rep"
+    train(cfg(out, "--ensemble", "2"), log=lambda _m: None)
+    folder = ModelFolder.open(out)
+    assert folder.plan.members == ["fold_0", "fold_1", "fold_0_seed_1", "fold_1_seed_1"]
+    kind = folder.plan["ensemble"]
+    assert (kind["kind"], kind["folds"], kind["repeats"], kind["seeds"]) == ("folds", 2, 2,
+                                                                             [0, 1])
+    for k in range(2):
+        a, b = ModelFolder.open(out / f"fold_{k}"), ModelFolder.open(out / f"fold_{k}_seed_1")
+        assert a.plan.val_ids == b.plan.val_ids  # the same fold ...
+        assert (a.config().train.seed, b.config().train.seed) == (0, 1)  # ... another seed
+    # the first repeat is the plain 2-fold run, bit for bit
+    plain = tmp_path / "plain"
+    train(cfg(plain), log=lambda _m: None)
+    for k in range(2):
+        a = torch.load(plain / f"fold_{k}" / "checkpoint_last.pt", weights_only=True)
+        b = torch.load(out / f"fold_{k}" / "checkpoint_last.pt", weights_only=True)
+        assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+    # out-of-fold: each case once, the mean of its two models' probabilities
+    logits: dict[str, list] = {}
+    for name in folder.plan.members:
+        for r in json.loads((out / name / "oof.json").read_text())["rows"]:
+            logits.setdefault(r["id"], []).append(r["logits"])
+    assert len(logits) == 48 and all(len(v) == 2 for v in logits.values())
+    rows = list(csv.DictReader(open(out / "oof_predictions.csv")))
+    assert sorted(r["id"] for r in rows) == sorted(logits)
+    z = torch.tensor([logits[r["id"]] for r in rows], dtype=torch.float64).transpose(0, 1)
+    mean_p1 = torch.softmax(z, -1).mean(0)[:, 1].numpy()
+    got = np.array([float(r["p_1"]) for r in rows])
+    assert np.allclose(got, mean_p1, atol=1e-6)
+    single_p1 = torch.softmax(z[0], -1)[:, 1].numpy()
+    assert not np.allclose(got, single_p1, atol=1e-3)  # not one model's
+    y = torch.tensor([int(r["label"]) for r in rows])
+    t = read_temperature(out)
+    assert t == pytest.approx(fit_ensemble_temperature(z, y), rel=1e-6)
+    est = json.loads((out / "oof_metrics.json").read_text())
+    assert est["n_cases"] == 48 and est["folds"] == 2
+    # the threshold is chosen on the averaged tempered probabilities
+    from medseg.metrics.thresholds import choose_threshold
+
+    p1 = torch.softmax(z / t, -1).mean(0)[:, 1].numpy()
+    th = json.loads((out / "decision.json").read_text())["thresholds"]["1"]
+    assert th == pytest.approx(choose_threshold(p1, y.numpy())["threshold"])
+    # prediction averages the four models
+    assert len(folder.load_networks(device="cpu")[0]) == 4
+    assert main(["predict", "--model", str(out), "--input", str(p), "--split", "test",
+                 "--output", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    # --member k is fold k mod K of repeat k div K
+    one = tmp_path / "one"
+    train_ensemble(cfg(one, "--ensemble", "2"), members=[3], log=lambda _m: None)
+    assert sorted(q.name for q in one.iterdir() if q.is_dir()) == ["fold_1_seed_1"]
+    a = torch.load(out / "fold_1_seed_1" / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(one / "fold_1_seed_1" / "checkpoint_last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+
+
 def test_segmentation_folds_give_a_dice_estimate_with_an_interval(tmp_path, monkeypatch):
     import medseg.tasks.segmentation as seg
     from medseg.training import engine

@@ -209,8 +209,9 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
     """Choose the watershed parameters on the out-of-fold predictions of a K-fold model.
 
     Every fold's best model predicts the probabilities of its own validation cases (images
-    it never trained on); :func:`medseg.instance.tuning.choose_postprocess` picks the grid
-    point with the highest mean F1@0.5 over all of them, and ``postprocess.json`` in the
+    it never trained on; with repeated folds the repeats' probabilities are averaged, as
+    prediction averages the members); :func:`medseg.instance.tuning.choose_postprocess` picks
+    the grid point with the highest mean F1@0.5 over all of them, and ``postprocess.json`` in the
     model folder records it, so that :func:`predict_instances` uses it.
 
     Args:
@@ -231,7 +232,8 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
     if mf.task != "instance" or mf.plan.get("ensemble", {}).get("kind") != "folds":
         raise InputError("not a K-fold instance model folder", mf.path,
                          "train one with medseg train --task instance --folds K")
-    cases = []
+    # case id -> [sum of the probabilities of the models that never saw it, their count, ref]
+    seen: dict[str, list[Any]] = {}
     for member in mf.members:
         cfg = member.config()
         ds = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
@@ -242,10 +244,15 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
             image, meta = read_image(case.image)
             if cin == 1 and image.shape[0] > 1:
                 image = to_grey(image)
-            probs = model.predict(image, meta).probs
-            ref = read_instance_map(case, tuple(image.shape[1:]), cfg.instance.mask_threshold)
-            cases.append((probs.numpy(), ref))
+            probs = model.predict(image, meta).probs.numpy()
+            if cid in seen:  # another repeat of the fold (train.ensemble with --folds)
+                seen[cid][0] = seen[cid][0] + probs
+                seen[cid][1] += 1
+            else:
+                seen[cid] = [probs, 1, read_instance_map(case, tuple(image.shape[1:]),
+                                                         cfg.instance.mask_threshold)]
         log(f"  {member.path.name}: {len(member.plan.val_ids)} out-of-fold case(s)")
+    cases = [(total / n, ref) for total, n, ref in seen.values()]
     base = PostprocessParams(**mf.plan["instance"]["postprocess"])
     best, report = choose_postprocess(cases, grid, base)
     write_postprocess(mf.path, report)

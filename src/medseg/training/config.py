@@ -231,7 +231,9 @@ class TrainConfig:
         max_bad_steps: Steps in a row with a non-finite loss or gradient norm (each skipped,
             never applied) after which training stops with an error.
         ensemble: Members of a deep ensemble (U3) trained into one model folder
-            (``member_<k>/``, seed ``seed + k``); 1 = a single model.
+            (``member_<k>/``, seed ``seed + k``); 1 = a single model. With ``folds``: the
+            repeats of each fold (seeds ``seed .. seed + R - 1``, ``fold_<k>_seed_<r>/``), so
+            that each case's out-of-fold prediction averages R models that never saw it.
         calibrate: Fit a temperature on the validation split at the end of training and
             write ``calibration.json`` (U5); prediction then uses it.
         threshold: Classification with ``folds``: the decision rule chosen on the

@@ -239,12 +239,19 @@ def _saved_members(cfg: ExperimentConfig) -> int:
     if not saved.is_file():
         return 1
     c = ExperimentConfig.load(saved)
-    return max(c.train.ensemble, c.train.folds if c.data.fold is None else 1)
+    if c.data.fold is not None:
+        return 1
+    return c.train.ensemble * c.train.folds
 
 
-def member_name(k: int, folds: bool = False) -> str:
-    """The sub-folder of ensemble member (or fold) ``k``."""
-    return f"fold_{k}" if folds else f"member_{k}"
+def member_name(k: int, folds: int = 0) -> str:
+    """The sub-folder of ensemble member ``k``: ``member_<k>`` without folds; with ``folds``
+    = K, member ``k`` is fold ``k mod K`` of repeat ``k div K``: ``fold_<f>`` in the first
+    repeat, ``fold_<f>_seed_<r>`` in repeat ``r`` (trained with seed ``seed + r``)."""
+    if not folds:
+        return f"member_{k}"
+    f, r = k % folds, k // folds
+    return f"fold_{f}" if r == 0 else f"fold_{f}_seed_{r}"
 
 
 def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
@@ -258,8 +265,15 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
     e.g. one per GPU or torchrun job). When every member is complete the folder's own
     ``plan.json`` lists them, and prediction averages them.
 
+    With ``train.folds`` = K the members are the K fold models (``fold_<k>/``, fold ``k``
+    held out); with ``train.ensemble`` = R as well, each fold is trained R times with seeds
+    ``seed .. seed + R - 1`` (repeated cross-validation, :func:`member_name`): the
+    out-of-fold prediction of a case is then the average of the R models that never saw it,
+    an honest estimate of an ensemble, and prediction averages all K R models.
+
     Args:
-        cfg: The configuration (``train.ensemble`` = number of members).
+        cfg: The configuration (``train.ensemble`` = number of members, or of repeats of
+            each fold with ``train.folds``).
         resume: Continue: complete members are kept, interrupted ones resumed, missing ones
             trained.
         log: Progress lines.
@@ -290,11 +304,9 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
         raise InputError("the output folder already holds a trained model", out,
                          "pass --resume to continue it, or choose another --output folder "
                          "(medseg never overwrites a model)")
-    folds = cfg.train.folds > 1
-    if folds and cfg.train.ensemble > 1:
-        raise ConfigError("train.folds and train.ensemble do not combine yet (the K fold models "
-                          "are already an ensemble)", hint="set one of them")
-    n = cfg.train.folds if folds else cfg.train.ensemble
+    n_folds = cfg.train.folds if cfg.train.folds > 1 else 0
+    folds = bool(n_folds)
+    n = cfg.train.ensemble * (n_folds or 1)
     todo = list(range(n)) if members is None else members
     bad = [k for k in todo if not 0 <= k < n]
     if bad:
@@ -306,11 +318,12 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
         cfg.save(out / CONFIG_NAME)
     results = []
     for k in todo:
-        sub = out / member_name(k, folds)
+        sub = out / member_name(k, n_folds)
         mcfg = ExperimentConfig.from_dict(cfg.to_dict())
         mcfg.output_dir, mcfg.train.ensemble = str(sub), 1
         if folds:
-            mcfg.data.fold = k
+            mcfg.data.fold = k % n_folds
+            mcfg.train.seed = cfg.train.seed + k // n_folds
         else:
             mcfg.train.seed = cfg.train.seed + k
         again = (sub / LAST_NAME).is_file()
@@ -323,20 +336,27 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
                 say(f"ensemble member {k + 1}/{n}: complete, kept")
                 results.append(float(ck.get("best_metric", math.nan)))
                 continue
-        say(f"fold {k + 1}/{n}" if folds else f"ensemble member {k + 1}/{n} "
-            f"(seed {mcfg.train.seed})")
+        if folds:
+            say(f"fold {k % n_folds + 1}/{n_folds}" + (
+                f", repeat {k // n_folds + 1}/{cfg.train.ensemble} (seed {mcfg.train.seed})"
+                if cfg.train.ensemble > 1 else ""))
+        else:
+            say(f"ensemble member {k + 1}/{n} (seed {mcfg.train.seed})")
         res = train(mcfg, resume=again, log=log)
         if res.interrupted or not res.is_main:
             return res
         results.append(res.best_metric)
-    names = [member_name(k, folds) for k in range(n)]
+    names = [member_name(k, n_folds) for k in range(n)]
     done = [k for k in range(n) if (out / names[k] / LAST_NAME).is_file()
             and _complete(out / names[k])]
     if len(done) == n:
         first = ModelFolder.open(out / names[0])
         plan = first.plan
         plan.members = names
-        kind = ({"kind": "folds", "members": n, "stratified": True,
+        kind = ({"kind": "folds", "members": n, "folds": n_folds,
+                 "repeats": cfg.train.ensemble,
+                 "seeds": [cfg.train.seed + r for r in range(cfg.train.ensemble)],
+                 "stratified": True,
                  "group_regex": cfg.data.group_regex, "split_seed": cfg.data.split_seed}
                 if folds else {"kind": "seeds", "members": n,
                                "seeds": [cfg.train.seed + k for k in range(n)]})
@@ -348,7 +368,9 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
             from medseg.training.oof import write_out_of_fold
 
             report = write_out_of_fold(out, names, cfg.task, cfg.data.group_regex)
-            say(f"out-of-fold estimate over {n} folds: {report}")
+            say(f"out-of-fold estimate over {n_folds} folds"
+                + (f" x {cfg.train.ensemble} seeds" if cfg.train.ensemble > 1 else "")
+                + f": {report}")
         write_plan(plan, out)
         say(f"{'cross-validation' if folds else 'ensemble'} of {n} written to {out}")
         if folds:
