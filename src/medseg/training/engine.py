@@ -577,6 +577,8 @@ class _Run:
         self.start_epoch = int(ck["epoch"]) + 1
         self.best = float(ck.get("best_metric", ck.get("best_dice", self.best)))
         self.history, self.planned = list(ck["history"]), int(ck["planned_epochs"])
+        if self.info.is_main:  # a kill between the checkpoint and the log left it behind
+            write_log(self.out / LOG_NAME, self.history)
         self.spent = float(ck.get("train_seconds", 0.0))
         # "class_weights_state": the key of checkpoints written before the engine
         self.trainer.load_state_dict(ck.get("task_state", {
