@@ -305,7 +305,7 @@ def train_ensemble(cfg: ExperimentConfig, resume: bool = False,
                          "pass --resume to continue it, or choose another --output folder "
                          "(medseg never overwrites a model)")
     n_folds = cfg.train.folds if cfg.train.folds > 1 else 0
-    folds = bool(n_folds)
+    folds = n_folds > 0
     n = cfg.train.ensemble * (n_folds or 1)
     todo = list(range(n)) if members is None else members
     bad = [k for k in todo if not 0 <= k < n]
@@ -528,6 +528,10 @@ class _Run:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(
                 cfg.train.ema), use_buffers=True)
+            # counters (batch norm's step count) take the raw value, not torch's blend
+            self._ema_counters = [(mine, theirs) for mine, theirs in zip(
+                self.ema.module.buffers(), self.model.buffers(), strict=True)
+                if not mine.is_floating_point()]
             say(f"  weight averaging: exponential, decay {cfg.train.ema:g} per step "
                 f"(horizon ~{1.0 / (1.0 - cfg.train.ema):.0f} steps)")
         say(f"  precision: {describe(self.precision, self.channels_last, cfg.train.compile)}"
@@ -607,10 +611,8 @@ class _Run:
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-                for mine, theirs in zip(self.ema.module.buffers(), self.model.buffers(),
-                                        strict=True):
-                    if not mine.is_floating_point():  # counters: the raw value, not a blend
-                        mine.copy_(theirs)
+                for mine, theirs in self._ema_counters:
+                    mine.copy_(theirs)
             self.trainer.after_step(batch, output)
             losses.append(lv)
             self.bad_run = 0
