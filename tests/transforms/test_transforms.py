@@ -184,6 +184,37 @@ def test_augmenter_translation_bounds_and_label_follow():
         Augmenter(AugmentConfig(translate_fraction=(0.1, 0.1)), 3)
 
 
+def test_augmenter_polarity_inversion():
+    """p_invert = 1, nothing else: every image becomes 2 m - x (m its channel mean), which
+    keeps each channel's mean and std and reverses its ranking; the label is untouched;
+    p_invert = 0.5 inverts about half of a batch; it is drawn after every other augmentation."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(4, 2, 12, 10, generator=g) * torch.tensor([1.0, 5.0])[:, None, None]
+    lab = torch.randint(0, 3, (4, 1, 12, 10), generator=g)
+    cfg = AugmentConfig.identity()
+    cfg.p_invert = 1.0
+    out_i, out_l = Augmenter(cfg, 2, seed=0)(img, lab)
+    assert torch.equal(out_l, lab)
+    m = img.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(out_i, 2 * m - img, atol=1e-6)
+    assert torch.allclose(out_i.mean(dim=(2, 3)), img.mean(dim=(2, 3)), atol=1e-5)
+    assert torch.allclose(out_i.std(dim=(2, 3)), img.std(dim=(2, 3)), atol=1e-5)
+    assert torch.equal(out_i[0, 0].flatten().argsort(), img[0, 0].flatten().argsort().flip(0))
+    cfg.p_invert = 0.5
+    big = torch.rand(400, 1, 4, 4, generator=g)
+    out, _ = Augmenter(cfg, 2, seed=1)(big)
+    inverted = ~torch.isclose(out, big).all(dim=(1, 2, 3))
+    assert 160 <= int(inverted.sum()) <= 240  # Binomial(400, 0.5): 200 +- 4 sd
+    # drawn after everything else: with p_invert = 1 on top of the defaults the result is
+    # the inversion of what the defaults alone give from the same seed
+    a1 = Augmenter(AugmentConfig(), 2, seed=3)(img, lab)
+    a2 = Augmenter(AugmentConfig(p_invert=1.0), 2, seed=3)(img, lab)
+    assert torch.equal(a1[1], a2[1])
+    assert torch.allclose(a2[0], TF.invert(a1[0]), atol=1e-5)
+    with pytest.raises(ConfigError, match="p_invert"):
+        AugmentConfig(p_invert=1.5)
+
+
 def test_flip_matches_torch_flip():
     x = torch.randn(3, 2, 4, 5, 6)
     lab = torch.randint(0, 3, (3, 1, 4, 5, 6))

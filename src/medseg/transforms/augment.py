@@ -67,6 +67,9 @@ class AugmentConfig:
         p_gamma: Probability of a gamma change.
         gamma_range: Exponent range.
         p_gamma_invert: Probability that a drawn gamma acts on the inverted image.
+        p_invert: Probability of a polarity inversion about the channel mean (``2 m - x``;
+            off by default: for tasks whose objects appear both bright on dark and dark on
+            bright, e.g. nuclei in fluorescence and bright-field images).
         label_pad: Label value for voxels rotated in from outside (0, or the ignore label so
             they do not count in the loss).
     """
@@ -94,6 +97,7 @@ class AugmentConfig:
     p_gamma: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
     p_gamma_invert: float = 0.1
+    p_invert: float = 0.0
     label_pad: int = 0
 
     def __post_init__(self) -> None:
@@ -331,6 +335,10 @@ class Augmenter:
             sel = m & (inv == flag)
             image = _apply_subset(sel, image,
                                   lambda x, idx, fl=flag: TF.gamma(x, gm[idx], invert=fl))
+        # polarity inversion: drawn last and only when enabled (earlier streams unchanged)
+        if cfg.p_invert > 0:
+            m = self._bern(cfg.p_invert, B)
+            image = _apply_subset(m, image, lambda x, idx: TF.invert(x))
         return image
 
     def _gaussian_noise(self, image: torch.Tensor) -> torch.Tensor:

@@ -199,6 +199,23 @@ def gamma(image: torch.Tensor, gammas: torch.Tensor, invert: bool = False,
     return -out if invert else out
 
 
+def invert(image: torch.Tensor) -> torch.Tensor:
+    """Polarity inversion about each sample's channel mean: ``2 m - x``.
+
+    Dark structures on a bright background become bright on dark (bright-field against
+    fluorescence microscopy); the mean and the standard deviation of every channel are kept,
+    so a normalised image stays normalised.
+
+    Args:
+        image: ``(B, C, *spatial)``.
+
+    Returns:
+        ``(B, C, *spatial)``.
+    """
+    mean = image.mean(dim=tuple(range(2, image.ndim)), keepdim=True)
+    return 2.0 * mean - image
+
+
 def gaussian_noise(image: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Additive Gaussian noise ``x + std * noise`` (generic; physics models in medseg.physics).
 
