@@ -2,6 +2,9 @@
 
 Steps, in 2D and 3D:
 
+0. optionally (``smooth_sigma > 0``) the interior and boundary probabilities are smoothed with a
+   Gaussian of that sigma in voxels, so that speckle in the boundary probability inside a
+   faint, textured object does not cut it into several seeds;
 1. seeds: connected components (face connectivity) of ``p_interior - boundary_weight *
    p_boundary > seed_threshold`` (a positive ``boundary_weight`` cuts seeds apart where
    touching objects meet); seeds smaller than ``min_seed_size`` voxels are dropped (noise would
@@ -43,6 +46,9 @@ class PostprocessParams:
             Euclidean distance to the background).
         boundary_weight: Weight ``w >= 0`` of the boundary probability subtracted from the
             interior probability before seeding (``0``: seeds from ``p_interior`` alone).
+        smooth_sigma: Gaussian sigma in voxels applied to the interior and boundary
+            probabilities before everything else (``0``: none). Instance scores are taken
+            from the unsmoothed probabilities.
     """
 
     seed_threshold: float = 0.5
@@ -51,10 +57,13 @@ class PostprocessParams:
     min_size: int = 10
     flood: str = "probability"
     boundary_weight: float = 0.0
+    smooth_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.boundary_weight >= 0.0:  # also NaN
             raise ValueError(f"boundary_weight must be >= 0, got {self.boundary_weight}")
+        if not 0.0 <= self.smooth_sigma < float("inf"):  # also NaN
+            raise ValueError(f"smooth_sigma must be >= 0 and finite, got {self.smooth_sigma}")
         if not (0.0 <= self.seed_threshold <= 1.0 and 0.0 <= self.fg_threshold <= 1.0):
             raise ValueError("seed_threshold and fg_threshold must lie in [0, 1]")
         if self.min_seed_size < 0 or self.min_size < 0:
@@ -63,11 +72,13 @@ class PostprocessParams:
             raise ValueError(f"flood must be 'probability' or 'distance', got {self.flood!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict; ``boundary_weight`` only when it is used (non-zero), so records
-        of runs without it keep their earlier form (``plan.json``, ``*_instances.json``)."""
+        """The fields as a dict; ``boundary_weight`` and ``smooth_sigma`` only when they are used
+        (non-zero), so records of runs without them keep their earlier form (``plan.json``,
+        ``*_instances.json``)."""
         d = asdict(self)
-        if not self.boundary_weight:
-            del d["boundary_weight"]
+        for optional in ("boundary_weight", "smooth_sigma"):
+            if not d[optional]:
+                del d[optional]
         return d
 
 
@@ -104,7 +115,33 @@ def probs_to_instance_map(probs: np.ndarray | torch.Tensor,
         ``(*spatial)`` int64 instance map, 0 background, instances ``1..N``.
     """
     prm = params or PostprocessParams()
-    p = _as_probs(probs)
+    p = smooth_probs(_as_probs(probs), prm.smooth_sigma)
+    return _relabel_by_size(flood_seeds(p, prm), prm.min_size)
+
+
+def smooth_probs(probs: np.ndarray, sigma: float) -> np.ndarray:
+    """``(3, *spatial)`` probabilities with the interior and boundary maps Gaussian-smoothed
+    (``sigma`` in voxels; ``0`` returns ``probs`` itself). The background map is not used by
+    the watershed and is left as it is."""
+    if not sigma:
+        return probs
+    out = probs.copy()
+    for c in (1, 2):
+        out[c] = ndi.gaussian_filter(probs[c], float(sigma), mode="nearest")
+    return out
+
+
+def flood_seeds(p: np.ndarray, prm: PostprocessParams) -> np.ndarray:
+    """Steps 1-3 of :func:`probs_to_instance_map` (no smoothing, no ``min_size``): the
+    watershed label map of the seeds, ids in seed order with gaps where nothing flooded.
+
+    Args:
+        p: ``(3, *spatial)`` float32 probabilities (already smoothed when that is wanted).
+        prm: The thresholds (``smooth_sigma`` and ``min_size`` are not used here).
+
+    Returns:
+        ``(*spatial)`` int64 labels, 0 background.
+    """
     interior = p[1]
     fg = (p[1] + p[2]) > prm.fg_threshold
     conn = ndi.generate_binary_structure(interior.ndim, 1)
@@ -117,8 +154,8 @@ def probs_to_instance_map(probs: np.ndarray | torch.Tensor,
         surface = -interior
     else:
         surface = -ndi.distance_transform_edt(fg).astype(np.float32)
-    lab = watershed(surface, markers=seeds, mask=fg, connectivity=1)
-    return _relabel_by_size(np.asarray(lab, dtype=np.int64), prm.min_size)
+    return np.asarray(watershed(surface, markers=seeds, mask=fg, connectivity=1),
+                      dtype=np.int64)
 
 
 def instance_scores(instance_map: np.ndarray, probs: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -42,6 +42,23 @@ INSTANCE_SUMMARY_KEYS = ("f1@0.5", "ap@0.5", "map", "pq@0.5", "sq@0.5", "precisi
                          "recall@0.5")
 
 
+def _ids_and_index(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, index)``: the sorted ids of ``a`` with 0 (background) always first, and each
+    voxel's position in them (flattened). Label maps of non-negative ids up to a few times
+    their size (the usual case) are indexed by counting, in linear time; others by sorting."""
+    flat = a.ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and int(flat.min()) >= 0 and \
+            int(flat.max()) <= 4 * flat.size:
+        present = np.bincount(flat) > 0
+        present[0] = True
+        lut = np.cumsum(present) - 1
+        return np.flatnonzero(present), lut[flat]
+    ids, inv = np.unique(flat, return_inverse=True)
+    if ids.size == 0 or ids[0] != 0:  # index 0 means background (prepended when absent)
+        ids, inv = np.concatenate([[0], ids]), inv + 1
+    return ids, inv.ravel()
+
+
 def iou_matrix(ref: np.ndarray, pred: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every reference instance with every predicted instance.
@@ -57,13 +74,8 @@ def iou_matrix(ref: np.ndarray, pred: np.ndarray
     p = np.asarray(pred)
     if r.shape != p.shape:
         raise ValueError(f"reference {r.shape} and prediction {p.shape} differ in shape")
-    r_ids, r_inv = np.unique(r.ravel(), return_inverse=True)
-    p_ids, p_inv = np.unique(p.ravel(), return_inverse=True)
-    # make index 0 mean background in both (prepend 0 when the map has no background)
-    if r_ids.size == 0 or r_ids[0] != 0:
-        r_ids, r_inv = np.concatenate([[0], r_ids]), r_inv + 1
-    if p_ids.size == 0 or p_ids[0] != 0:
-        p_ids, p_inv = np.concatenate([[0], p_ids]), p_inv + 1
+    r_ids, r_inv = _ids_and_index(r)
+    p_ids, p_inv = _ids_and_index(p)
     nr, npd = r_ids.size, p_ids.size
     joint = np.bincount(r_inv * npd + p_inv, minlength=nr * npd).reshape(nr, npd)
     area_r = joint.sum(1)[1:, None].astype(np.float64)
