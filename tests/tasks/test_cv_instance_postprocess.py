@@ -11,7 +11,9 @@ from PIL import Image
 
 from medseg.cli import main
 from medseg.instance.tuning import read_postprocess
-from medseg.tasks.instance import tune_postprocess_on_folds
+from medseg.model_folder import ModelFolder
+from medseg.tasks.instance import predict_instances, tune_postprocess_on_folds
+from medseg.tasks.segmentation import SegmentationModel
 
 
 def _discs(root, n=4, size=48):
@@ -83,3 +85,17 @@ def test_repeated_folds_score_each_case_once_on_the_averaged_models(tmp_path):
         open(model / "oof_metrics.csv"))}
     assert rows == pytest.approx({k: float(np.mean(v)) for k, v in dice.items()})
     assert all(len(v) == 2 for v in dice.values())
+    # the choice records whether its out-of-fold predictions used flips (the model's
+    # inference.tta: off); chosen with flips, predict without them says so, with them not
+    assert json.loads((model / "postprocess.json").read_text())["tta"] is False
+    report = tune_postprocess_on_folds(model, {"seed_threshold": (0.5,)}, device="cpu",
+                                       log=lambda _: None, tta=True)
+    assert report["tta"] is True
+    assert json.loads((model / "postprocess.json").read_text())["tta"] is True
+    seg = SegmentationModel.load(ModelFolder.open(model), "best", "cpu")
+    for tta, noted in ((None, True), (True, False)):
+        lines: list[str] = []
+        predict_instances(seg, data / "img0", tmp_path / f"pred_{tta}", tta=tta,
+                          log=lines.append)
+        assert any("chosen on out-of-fold predictions with test-time flips" in s
+                   for s in lines) is noted, lines

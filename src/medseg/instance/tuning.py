@@ -146,6 +146,21 @@ def write_postprocess(folder: str | Path, report: Mapping[str, Any]) -> Path:
     return path
 
 
+def postprocess_tta(folder: str | Path) -> bool | None:
+    """Whether the out-of-fold predictions ``postprocess.json`` was chosen on used test-time
+    flips (``None``: no file, or one written before the choice was recorded).
+
+    Raises:
+        InputError: the file is not a JSON object.
+    """
+    path = Path(folder) / POSTPROCESS_NAME
+    if not path.is_file():
+        return None
+    tta = read_json_object(path, "delete it (prediction then uses plan.json's "
+                                 "instance.postprocess)").get("tta")
+    return tta if isinstance(tta, bool) else None
+
+
 def read_postprocess(folder: str | Path) -> PostprocessParams | None:
     """The parameters stored in ``folder/postprocess.json`` (``None`` when there is none).
 

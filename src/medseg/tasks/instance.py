@@ -43,7 +43,12 @@ from medseg.data.instance import (
 )
 from medseg.errors import InputError
 from medseg.instance import PostprocessParams, probs_to_instances
-from medseg.instance.tuning import choose_postprocess, read_postprocess, write_postprocess
+from medseg.instance.tuning import (
+    choose_postprocess,
+    postprocess_tta,
+    read_postprocess,
+    write_postprocess,
+)
 from medseg.io import list_image_files, read_image, read_label, write_image
 from medseg.io.atomic import atomic_write_text
 from medseg.metrics.instance import (
@@ -157,6 +162,13 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
                          "train one with medseg train --task instance")
     prm = params or read_postprocess(model.folder) or \
         PostprocessParams(**model.info["instance"]["postprocess"])
+    chosen_tta = None if params else postprocess_tta(model.folder)
+    now_tta = bool(model.info["inference"]["tta"] if tta is None else tta)
+    if chosen_tta is not None and chosen_tta != now_tta:
+        log(f"note: the post-processing in postprocess.json was chosen on out-of-fold "
+            f"predictions {'with' if chosen_tta else 'without'} test-time flips, these are "
+            f"{'with' if now_tta else 'without'} them (predict "
+            f"{'with --tta' if chosen_tta else 'without --tta'} to match)")
     out = Path(output_dir)
     cin = int(model.info.in_channels)
     cases = _instance_inputs(Path(input_path), cin)
@@ -205,7 +217,8 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
 
 
 def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = None,
-                              device: str = "auto", log: Log = print) -> dict[str, Any]:
+                              device: str = "auto", log: Log = print,
+                              tta: bool | None = None) -> dict[str, Any]:
     """Choose the watershed parameters on the out-of-fold predictions of a K-fold model.
 
     Every fold's best model predicts the probabilities of its own validation cases (images
@@ -219,6 +232,9 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
         grid: Values per parameter (default :data:`medseg.instance.tuning.DEFAULT_GRID`).
         device: Where the folds predict.
         log: Progress lines.
+        tta: Flip test-time augmentation of the out-of-fold predictions (default: the
+            model's ``inference.tta``, which ``medseg predict`` uses without ``--tta``); the
+            report records it, and prediction with the other setting says so.
 
     Returns:
         The report written to ``postprocess.json``.
@@ -234,17 +250,19 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
                          "train one with medseg train --task instance --folds K")
     # case id -> [sum of the probabilities of the models that never saw it, their count, ref]
     seen: dict[str, list[Any]] = {}
+    used_tta = False
     for member in mf.members:
         cfg = member.config()
         ds = open_instance_dataset(cfg.data.dataset, cfg.data.masks, cfg.data.mask_suffix)
         model = SegmentationModel.load(member, "best", device)
         cin = int(model.info.in_channels)
+        used_tta = bool(model.info["inference"]["tta"] if tta is None else tta)
         for cid in member.plan.val_ids:
             case = ds.case(cid)
             image, meta = read_image(case.image)
             if cin == 1 and image.shape[0] > 1:
                 image = to_grey(image)
-            probs = model.predict(image, meta).probs.numpy()
+            probs = model.predict(image, meta, tta=used_tta).probs.numpy()
             if cid in seen:  # another repeat of the fold (train.ensemble with --folds)
                 seen[cid][0] = seen[cid][0] + probs
                 seen[cid][1] += 1
@@ -255,6 +273,7 @@ def tune_postprocess_on_folds(folder: str | Path, grid: dict[str, Any] | None = 
     cases = [(total / n, ref) for total, n, ref in seen.values()]
     base = PostprocessParams(**mf.plan["instance"]["postprocess"])
     best, report = choose_postprocess(cases, grid, base)
+    report = {**report, "tta": used_tta}
     write_postprocess(mf.path, report)
     log(f"post-processing chosen on {len(cases)} out-of-fold case(s): mean F1@0.5 "
         f"{report['configured']['f1']:.4f} (configured) -> {report['f1']:.4f} with "
