@@ -82,7 +82,12 @@ class PostprocessParams:
         return d
 
 
-def _as_probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
+def as_probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(3, *spatial)`` float32 numpy probabilities of a tensor or array.
+
+    Raises:
+        ValueError: not 3 channels (background, interior, boundary) of a 2D or 3D image.
+    """
     p = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
     if p.ndim not in (3, 4) or p.shape[0] != 3:
         raise ValueError(f"expected (3, *spatial) probabilities (background, interior, "
@@ -90,7 +95,7 @@ def _as_probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
     return p.astype(np.float32, copy=False)
 
 
-def _relabel_by_size(lab: np.ndarray, min_size: int) -> np.ndarray:
+def relabel_by_size(lab: np.ndarray, min_size: int) -> np.ndarray:
     """Drop components smaller than ``min_size`` and renumber the rest ``1..N`` in id order."""
     n = int(lab.max(initial=0))
     if n == 0:
@@ -115,8 +120,8 @@ def probs_to_instance_map(probs: np.ndarray | torch.Tensor,
         ``(*spatial)`` int64 instance map, 0 background, instances ``1..N``.
     """
     prm = params or PostprocessParams()
-    p = smooth_probs(_as_probs(probs), prm.smooth_sigma)
-    return _relabel_by_size(flood_seeds(p, prm), prm.min_size)
+    p = smooth_probs(as_probs(probs), prm.smooth_sigma)
+    return relabel_by_size(flood_seeds(p, prm), prm.min_size)
 
 
 def smooth_probs(probs: np.ndarray, sigma: float) -> np.ndarray:
@@ -147,7 +152,7 @@ def flood_seeds(p: np.ndarray, prm: PostprocessParams) -> np.ndarray:
     conn = ndi.generate_binary_structure(interior.ndim, 1)
     seed_map = interior - prm.boundary_weight * p[2] if prm.boundary_weight else interior
     seeds, _ = ndi.label((seed_map > prm.seed_threshold) & fg, structure=conn)
-    seeds = _relabel_by_size(seeds, prm.min_seed_size)
+    seeds = relabel_by_size(seeds, prm.min_seed_size)
     if seeds.max(initial=0) == 0:
         return np.zeros(interior.shape, dtype=np.int64)
     if prm.flood == "probability":
@@ -160,7 +165,7 @@ def flood_seeds(p: np.ndarray, prm: PostprocessParams) -> np.ndarray:
 
 def instance_scores(instance_map: np.ndarray, probs: np.ndarray | torch.Tensor) -> np.ndarray:
     """``(N,)`` mean foreground probability (interior + boundary) of instances ``1..N``."""
-    p = _as_probs(probs)
+    p = as_probs(probs)
     n = int(instance_map.max(initial=0))
     if n == 0:
         return np.zeros(0, dtype=np.float32)

@@ -26,9 +26,9 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.instance.postprocess import (
     PostprocessParams,
-    _as_probs,
-    _relabel_by_size,
+    as_probs,
     flood_seeds,
+    relabel_by_size,
     smooth_probs,
 )
 from medseg.io.atomic import atomic_write_text
@@ -86,7 +86,7 @@ def mean_f1(cases: Sequence[tuple[np.ndarray, np.ndarray]],
                           []).append(i)
     f1 = np.zeros((len(candidates), len(cases)))
     for j, (probs, ref) in enumerate(cases):
-        raw = _as_probs(probs)
+        raw = as_probs(probs)
         smoothed: dict[float, np.ndarray] = {}
         for idx in groups.values():
             key = candidates[idx[0]]
@@ -94,7 +94,7 @@ def mean_f1(cases: Sequence[tuple[np.ndarray, np.ndarray]],
                 smoothed[key.smooth_sigma] = smooth_probs(raw, key.smooth_sigma)
             flooded = flood_seeds(smoothed[key.smooth_sigma], key)
             for i in idx:
-                f1[i, j] = f1_at_05(ref, _relabel_by_size(flooded, candidates[i].min_size))
+                f1[i, j] = f1_at_05(ref, relabel_by_size(flooded, candidates[i].min_size))
     return f1.mean(axis=1)
 
 
