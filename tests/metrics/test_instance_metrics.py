@@ -49,6 +49,30 @@ def test_iou_matrix_values_and_ids():
             assert iou[i, j] == pytest.approx(inter / union)
 
 
+
+@pytest.mark.parametrize("kind", ["dense", "sparse_ids", "no_background", "negative", "float",
+                                  "uint16"])
+def test_iou_matrix_both_id_paths_match_the_mask_loop(kind):
+    """Label maps are indexed by counting when their ids are small non-negative integers and
+    by sorting otherwise; both paths give the per-pair mask loop's IoU and the sorted ids."""
+    rng = np.random.default_rng(7)
+    values = {"dense": [0, 1, 2, 3, 4], "sparse_ids": [0, 3, 10_000, 7],
+              "no_background": [2, 5, 9], "negative": [0, -3, 4, 1], "float": [0.0, 1.0, 2.0],
+              "uint16": [0, 1, 65535, 3]}[kind]
+    a = rng.choice(values, size=(15, 17))
+    b = rng.choice([0, 1, 2, 6], size=(15, 17))
+    if kind == "uint16":
+        a = a.astype(np.uint16)
+    iou, ra, pb = iou_matrix(a, b)
+    assert ra.tolist() == sorted(v for v in set(a.ravel().tolist()) if v != 0)
+    assert pb.tolist() == sorted(v for v in set(b.ravel().tolist()) if v != 0)
+    for i, r in enumerate(ra):
+        for j, p in enumerate(pb):
+            inter = np.sum((a == r) & (b == p))
+            union = np.sum((a == r) | (b == p))
+            assert iou[i, j] == pytest.approx(inter / union)
+
+
 def test_hand_computed_scores():
     ref, pred = three_plus_fp()
     r = evaluate_instances(ref, pred, thresholds=(0.5, 0.75))

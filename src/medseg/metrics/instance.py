@@ -54,9 +54,12 @@ def _ids_and_index(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lut = np.cumsum(present) - 1
         return np.flatnonzero(present), lut[flat]
     ids, inv = np.unique(flat, return_inverse=True)
-    if ids.size == 0 or ids[0] != 0:  # index 0 means background (prepended when absent)
-        ids, inv = np.concatenate([[0], ids]), inv + 1
-    return ids, inv.ravel()
+    # index 0 means background: 0 moved to the front (negative ids sort before it), or
+    # prepended when the map has none
+    other = ids != 0
+    pos = np.zeros(ids.size, dtype=np.int64)
+    pos[other] = np.arange(1, int(other.sum()) + 1)
+    return np.concatenate([[0], ids[other]]), pos[inv.ravel()]
 
 
 def iou_matrix(ref: np.ndarray, pred: np.ndarray
