@@ -146,23 +146,10 @@ def write_postprocess(folder: str | Path, report: Mapping[str, Any]) -> Path:
     return path
 
 
-def postprocess_tta(folder: str | Path) -> bool | None:
-    """Whether the out-of-fold predictions ``postprocess.json`` was chosen on used test-time
-    flips (``None``: no file, or one written before the choice was recorded).
-
-    Raises:
-        InputError: the file is not a JSON object.
-    """
-    path = Path(folder) / POSTPROCESS_NAME
-    if not path.is_file():
-        return None
-    tta = read_json_object(path, "delete it (prediction then uses plan.json's "
-                                 "instance.postprocess)").get("tta")
-    return tta if isinstance(tta, bool) else None
-
-
-def read_postprocess(folder: str | Path) -> PostprocessParams | None:
-    """The parameters stored in ``folder/postprocess.json`` (``None`` when there is none).
+def load_postprocess(folder: str | Path) -> tuple[PostprocessParams, bool | None] | None:
+    """``folder/postprocess.json`` read once: its parameters, and whether the out-of-fold
+    predictions they were chosen on used test-time flips (``None`` for a file written before
+    that was recorded); ``None`` when there is no file.
 
     Raises:
         InputError: the file is not a valid post-processing record.
@@ -181,4 +168,15 @@ def read_postprocess(folder: str | Path) -> PostprocessParams | None:
         raise InputError(f"postprocess.json is invalid ({type(e).__name__}: {e})", path,
                          "delete it (prediction then uses plan.json's instance.postprocess)"
                          ) from None
-    return prm
+    tta = doc.get("tta")
+    return prm, tta if isinstance(tta, bool) else None
+
+
+def read_postprocess(folder: str | Path) -> PostprocessParams | None:
+    """The parameters stored in ``folder/postprocess.json`` (``None`` when there is none).
+
+    Raises:
+        InputError: the file is not a valid post-processing record.
+    """
+    record = load_postprocess(folder)
+    return None if record is None else record[0]

@@ -45,8 +45,7 @@ from medseg.errors import InputError
 from medseg.instance import PostprocessParams, probs_to_instances
 from medseg.instance.tuning import (
     choose_postprocess,
-    postprocess_tta,
-    read_postprocess,
+    load_postprocess,
     write_postprocess,
 )
 from medseg.io import list_image_files, read_image, read_label, write_image
@@ -160,15 +159,16 @@ def predict_instances(model: SegmentationModel, input_path: str | Path, output_d
         raise InputError("not an instance segmentation model (plan.json task is "
                          f"{model.info.task!r})", model.folder,
                          "train one with medseg train --task instance")
-    prm = params or read_postprocess(model.folder) or \
-        PostprocessParams(**model.info["instance"]["postprocess"])
-    chosen_tta = None if params else postprocess_tta(model.folder)
-    now_tta = bool(model.info["inference"]["tta"] if tta is None else tta)
-    if chosen_tta is not None and chosen_tta != now_tta:
+    record = None if params else load_postprocess(model.folder)
+    prm = params or (record[0] if record else
+                     PostprocessParams(**model.info["instance"]["postprocess"]))
+    chosen_tta = record[1] if record else None
+    if chosen_tta is not None and chosen_tta != bool(
+            model.info["inference"]["tta"] if tta is None else tta):
+        how = "with" if chosen_tta else "without"
         log(f"note: the post-processing in postprocess.json was chosen on out-of-fold "
-            f"predictions {'with' if chosen_tta else 'without'} test-time flips, these are "
-            f"{'with' if now_tta else 'without'} them (predict "
-            f"{'with --tta' if chosen_tta else 'without --tta'} to match)")
+            f"predictions {how} test-time flips, these are not (predict {how} --tta to "
+            f"match)")
     out = Path(output_dir)
     cin = int(model.info.in_channels)
     cases = _instance_inputs(Path(input_path), cin)
